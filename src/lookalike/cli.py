@@ -1,0 +1,198 @@
+"""The `lookalike` command: one verb per stage.
+
+Heavy libraries (torch, diffusers) are imported inside the verbs, so `lookalike --help` is instant.
+A `LookalikeError` is a user mistake: it is printed as one clear message, without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from lookalike.errors import LookalikeError
+
+app = typer.Typer(
+    help="Teach FLUX what one person looks like from 30-50 photos, and measure whether it worked.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+PRESET_HELP = "Preset to start from: flux1-dev (the real model, GPU) or tiny (random-weight twin, CPU)."
+CONFIG_HELP = "A run config YAML; its values override the preset's."
+SET_HELP = "Override one setting, e.g. --set generate.steps=20 (repeatable)."
+
+
+def _setup_logging(verbose: bool) -> None:
+    import warnings
+
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+    )
+    for noisy in ("diffusers", "transformers", "huggingface_hub", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    if not verbose:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+        import os
+
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logs and library warnings.")) -> None:
+    _setup_logging(verbose)
+
+
+def _quiet_libraries() -> None:
+    """Silence diffusers' and transformers' own progress bars: we show one bar for the whole job."""
+    if logging.getLogger().level <= logging.DEBUG:
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def _load_config(preset, config, overrides, run: Path | None = None):
+    from lookalike.config import load_config
+    from lookalike.rundir import RunDir
+
+    if config is None and run is not None and RunDir(run).config_path.exists():
+        config = RunDir(run).config_path
+    return load_config(config, preset=preset, overrides=list(overrides or []))
+
+
+@app.command()
+def generate(
+    prompts: Optional[list[str]] = typer.Argument(None, help='Prompts, e.g. "Arthur as a wizard". "" is the empty prompt.'),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", "-f", help="A text file with one prompt per line."),
+    seed: Optional[list[int]] = typer.Option(None, "--seed", "-s", help="Seed (repeatable); default generate.seeds."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (generate.steps)."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance value fed to FLUX's guidance embedder (generate.guidance)."),
+    width: Optional[int] = typer.Option(None, help="Width in pixels, a multiple of 16 (generate.width)."),
+    height: Optional[int] = typer.Option(None, help="Height in pixels, a multiple of 16 (generate.height)."),
+    lora: Optional[list[str]] = typer.Option(
+        None, "--lora", "-l", help="LoRA file as PATH or PATH:WEIGHT, repeatable to stack (identity + style)."
+    ),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps (runtime.device)."),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    run: Optional[Path] = typer.Option(None, help="Run directory: use its config.yaml and write under RUN/generate/."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN/generate/<time> or runs/generate/<time>)."),
+) -> None:
+    """Draw images with the base model and zero, one or several LoRAs: the one sampler."""
+    from lookalike.generate import read_prompts
+    from lookalike.models.lora import parse_lora_arg
+
+    overrides = list(set_ or [])
+    for key, value in (("steps", steps), ("guidance", guidance), ("width", width), ("height", height)):
+        if value is not None:
+            overrides.append(f"generate.{key}={value}")
+    if seed:
+        overrides.append(f"generate.seeds={list(seed)}")
+    if device:
+        overrides.append(f"runtime.device={device}")
+    cfg = _load_config(preset, config, overrides, run)
+    if lora:
+        specs = [parse_lora_arg(x) for x in lora]
+        cfg.generate.loras = [{"path": s.path, "weight": s.weight} for s in specs]
+    texts = read_prompts(prompts or [], prompts_file)
+    folder = _output_folder(run, out)
+    _run_generate(cfg, texts, folder)
+
+
+def _output_folder(run: Path | None, out: Path | None) -> Path:
+    from lookalike.rundir import RunDir
+
+    if out is not None:
+        return out
+    return RunDir(run if run is not None else "runs").new_stage_folder("generate")
+
+
+def _run_generate(cfg, texts: list[str], folder: Path) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from lookalike.config import save_config
+    from lookalike.generate import generate_to_folder
+    from lookalike.rundir import RunDir
+
+    _quiet_libraries()
+    total = len(texts) * len(cfg.generate.seeds)
+    started = time.time()
+    columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("generate", total=total)
+        paths = generate_to_folder(cfg, texts, folder, on_sample=lambda s: progress.advance(task))
+    save_config(cfg, folder / "config.yaml")
+    RunDir(folder.parent).write_manifest(
+        folder, "generate", prompts=texts, seeds=cfg.generate.seeds, images=[p.name for p in paths],
+        grid="grid.png", seconds=round(time.time() - started, 2),
+    )
+    console.print(f"[green]wrote {len(paths)} image(s) and grid.png to[/green] {folder}")
+    print(folder / "grid.png")
+
+
+@app.command()
+def twin(
+    folder: Path = typer.Argument(..., help="Where to save the twin (a diffusers folder)."),
+    seed: int = typer.Option(0, help="Weight seed: same seed, same twin, same images."),
+) -> None:
+    """Build the tiny random-weight FLUX.1 twin and save it like a local FLUX.1-dev folder."""
+    from lookalike.models.twin import SINGLE_FILE_NAME, save_twin
+
+    _quiet_libraries()
+    save_twin(folder, seed=seed)
+    console.print(f"[green]saved the tiny twin to[/green] {folder} (also {folder / SINGLE_FILE_NAME})")
+
+
+@app.command("config")
+def show_config(
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    keys: bool = typer.Option(False, "--keys", help="List every setting with its type, default and help."),
+) -> None:
+    """Print the resolved run config as YAML (with help comments), or the table of all settings."""
+    from lookalike.config import config_to_yaml, iter_fields
+
+    if keys:
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table("key", "type", "default", "help")
+        for key, typ, default, help_ in iter_fields():
+            shown = "(required)" if default is ... else repr(default)
+            table.add_row(*(escape(x) for x in (key, str(typ), shown, help_)))
+        Console().print(table)
+        return
+    print(config_to_yaml(_load_config(preset, config, set_)), end="")
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one message and exit status 2."""
+    try:
+        app()
+    except LookalikeError as e:
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

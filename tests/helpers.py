@@ -1,0 +1,51 @@
+"""Test helpers: tiny sampling settings, images as arrays, and LoRA files made on the twin."""
+
+from pathlib import Path
+
+import numpy as np
+
+from lookalike.generate import SampleSettings, encode_prompts, sample
+
+TINY = SampleSettings(steps=4, guidance=3.5, width=64, height=64, max_sequence_length=32)
+
+DOUBLE_ATTN = [f"transformer_blocks.{i}.attn.{m}" for i in range(2) for m in ("to_q", "to_k", "to_v", "to_out.0")]
+
+
+def draw(pipe, prompt="a photo of Arthur as a wizard", seed=0, settings=TINY) -> np.ndarray:
+    """One image as a float array [H, W, 3] in 0..255."""
+    emb = encode_prompts(pipe, [prompt], settings.max_sequence_length)
+    (s,) = list(sample(pipe, emb, [seed], settings))
+    return np.asarray(s.image, dtype=np.float64)
+
+
+def lora_state(twin_dir, targets, rank=4, alpha=2.0, seed=1, scale=0.3):
+    """A random LoRA on the twin's transformer: (PEFT state dict, LoraConfig).
+
+    lora_B starts at zero in PEFT, which would make a LoRA that does nothing: randomise it too.
+    """
+    import torch
+    from diffusers import FluxTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = FluxTransformer2DModel.from_pretrained(twin_dir, subfolder="transformer")
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets)
+    transformer.add_adapter(config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in transformer.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return get_peft_model_state_dict(transformer), config
+
+
+def save_diffusers_lora(state, config, path: Path) -> Path:
+    """Write a LoRA the way `FluxPipeline.save_lora_weights` does, alpha kept in the header."""
+    from diffusers import FluxPipeline
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FluxPipeline.save_lora_weights(
+        str(path.parent), transformer_lora_layers=state, weight_name=path.name,
+        transformer_lora_adapter_metadata=config.to_dict(),
+    )
+    return path
