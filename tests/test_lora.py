@@ -148,3 +148,21 @@ def test_bad_second_lora_leaves_pipeline_untouched(twin_pipe, fresh_pipe, identi
     with pytest.raises(LoraError):
         apply_loras(fresh_pipe, [LoraSpec(str(identity_lora)), LoraSpec(str(tmp_path / "missing.safetensors"))])
     assert np.array_equal(draw(fresh_pipe), draw(twin_pipe))
+
+
+def test_generate_to_folder_matches_the_sampler_and_records_loras(twin_dir, identity_lora, tmp_path):
+    """The CLI's path (encode, drop the text encoders, then denoise) gives the same pixels as the sampler."""
+    from PIL import Image
+
+    from lookalike.config import load_config
+    from lookalike.generate import generate_to_folder
+    from lookalike.models.flux import load_pipeline, resolve_source
+
+    cfg = load_config(preset="tiny", overrides=[
+        f"model.source={twin_dir}", "generate.seeds=[5]", f"generate.loras=[{{path: '{identity_lora}', weight: 0.7}}]"])
+    (path,) = generate_to_folder(cfg, ["Arthur on a beach"], tmp_path / "out")
+    reference = load_pipeline(resolve_source(str(twin_dir)), torch.float32)
+    reference.set_progress_bar_config(disable=True)
+    apply_loras(reference, [LoraSpec(str(identity_lora), 0.7)])
+    assert np.array_equal(np.asarray(Image.open(path), dtype=np.float64), draw(reference, "Arthur on a beach", 5))
+    assert "arthur" in Image.open(path).text["loras"] and (tmp_path / "out" / "grid.png").exists()

@@ -1,0 +1,157 @@
+"""The run config's schema: one pydantic model per stage, every field typed, defaulted and explained.
+
+The defaults are the FLUX.1-dev recipe of the write-up. Later stages add their sections here;
+the YAML reading, layering and error wording live in `loading.py`.
+"""
+
+import re
+from typing import Annotated, Literal
+
+from annotated_types import Ge
+from pydantic import AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, Strict
+from pydantic_core import PydanticCustomError
+
+DEFAULT_PRESET = "flux1-dev"
+_OUR_ERROR = "lookalike"  # pydantic error type whose message is already written for the user
+
+# ---------------------------------------------------------------- value checks
+
+
+def _multiple_of_16(value: int) -> int:
+    """Refuse image sides FLUX cannot patchify, suggesting the nearest sides that work."""
+    if value % 16 == 0:
+        return value
+    below = value - value % 16
+    tries = " or ".join(str(v) for v in (below, below + 16) if v >= 16)
+    raise PydanticCustomError(
+        _OUR_ERROR,
+        "must be a multiple of 16 (FLUX packs 2x2 latent patches after 8x VAE downsampling); "
+        "try {tries}",
+        {"tries": tries},
+    )
+
+
+def _check_device(value: str) -> str:
+    """Accept the device names torch understands that lookalike supports."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+        raise PydanticCustomError(_OUR_ERROR, "expected auto, cpu, cuda, cuda:N (N a GPU index) or mps")
+    return value
+
+
+def _check_trigger(value: str) -> str:
+    """Strip the trigger word and refuse one that is empty or spans lines."""
+    value = value.strip()
+    if not value:
+        raise PydanticCustomError(_OUR_ERROR, "must not be empty: it names the person in every caption, e.g. Arthur")
+    if "\n" in value or "\r" in value:
+        raise PydanticCustomError(_OUR_ERROR, "must fit on one line: it is spliced into every caption")
+    return value
+
+
+# Strict numbers: "abc", true and 5.5 are not integers; an int is a fine float; inf and nan are not.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), AllowInfNan(False)]
+Bool = Annotated[bool, Strict()]
+Side = Annotated[int, Strict(), Ge(16), AfterValidator(_multiple_of_16)]
+Seed = Annotated[int, Strict(), Ge(0)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+Device = Annotated[str, AfterValidator(_check_device)]
+Trigger = Annotated[str, AfterValidator(_check_trigger)]
+
+
+# ---------------------------------------------------------------- schema
+
+
+class _Section(BaseModel):
+    """Shared settings: unknown keys are errors and assignments are validated too.
+
+    Numbers are coerced to text for string fields, so `revision: 1234567` or `trigger: 42` work.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+
+
+class ModelConfig(_Section):
+    """model: which FLUX weights to start from."""
+
+    source: NonEmpty = Field(
+        "black-forest-labs/FLUX.1-dev",
+        description="hub id, local diffusers folder, single .safetensors file, or lookalike:tiny-twin",
+    )
+    components: str | None = Field(
+        None,
+        description="for a single-file source: hub id or diffusers folder with the VAE, text encoders, "
+        "tokenizers and scheduler (default black-forest-labs/FLUX.1-dev)",
+    )
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit); default the main branch")
+
+
+class RuntimeConfig(_Section):
+    """runtime: where and in what precision to run."""
+
+    device: Device = Field("auto", description="auto, cpu, cuda, cuda:N or mps; auto picks CUDA, then MPS, then CPU")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="compute dtype; auto picks by device")
+    seed: Int = Field(0, ge=0, description="random seed for data order, noise and LoRA initialisation")
+
+
+class DatasetConfig(_Section):
+    """dataset: the photos of the person and how they are prepared."""
+
+    photos: str | None = Field(None, description="folder of the person's photos (30-50 works well)")
+    trigger: Trigger = Field("Arthur", description="word that names the person in captions and prompts")
+    resolution: Side = Field(1024, description="side in pixels of the square training crops; a multiple of 16")
+
+
+class LoraConfig(_Section):
+    """lora: shape of the low-rank adapter trained on the transformer."""
+
+    rank: Int = Field(32, gt=0, description="LoRA rank: width of the low-rank update")
+    alpha: Float = Field(16.0, gt=0, description="LoRA alpha: the update is scaled by alpha / rank")
+    targets: list[str] = Field(
+        ["to_q", "to_k", "to_v", "to_out.0"], min_length=1, description="attention linear layers that get a LoRA"
+    )
+
+
+class TrainConfig(_Section):
+    """train: the optimisation recipe."""
+
+    learning_rate: Float = Field(1e-4, gt=0, description="AdamW learning rate for the LoRA weights")
+    weight_decay: Float = Field(1e-4, ge=0, description="AdamW weight decay")
+    batch_size: Int = Field(8, ge=1, description="photos per optimiser step, before accumulation")
+    gradient_accumulation: Int = Field(1, ge=1, description="batches summed into one optimiser step")
+    gradient_checkpointing: Bool = Field(True, description="recompute activations in backward to save GPU memory")
+    precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype of the frozen base on a GPU")
+    guidance: Float = Field(1.0, description="value fed to FLUX's guidance embedder during training")
+
+
+class LoraSpec(_Section):
+    """One LoRA file applied at generation time."""
+
+    path: NonEmpty = Field(description="LoRA .safetensors file to apply")
+    weight: Float = Field(1.0, description="strength of this LoRA; negative values push away from it")
+    name: str | None = Field(None, description="adapter name; default derived from the file name")
+
+
+class GenerateConfig(_Section):
+    """generate: the sampler settings for previews, the generate command and evaluation."""
+
+    steps: Int = Field(28, ge=1, description="denoising steps")
+    guidance: Float = Field(3.5, ge=0, description="distilled guidance scale fed to FLUX.1-dev")
+    width: Side = Field(1024, description="image width in pixels; a multiple of 16")
+    height: Side = Field(1024, description="image height in pixels; a multiple of 16")
+    seeds: list[Seed] = Field([0], min_length=1, description="one image per seed")
+    max_sequence_length: Int = Field(512, ge=1, le=512, description="T5 prompt tokens kept (at most 512)")
+    loras: list[LoraSpec] = Field([], description="LoRA files applied at generation time: path, weight, name")
+
+
+class Config(_Section):
+    """The whole run config."""
+
+    preset: str = Field(DEFAULT_PRESET, description="preset this config started from")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="which FLUX weights to start from")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="where and in what precision to run")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="the photos and their preparation")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="shape of the LoRA adapter")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the optimisation recipe")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig, description="the sampler settings")
+
