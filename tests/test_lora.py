@@ -26,19 +26,19 @@ def style_lora(twin_dir, tmp_path_factory):
 
 def test_lora_changes_output_and_weight_zero_is_base(twin_pipe, fresh_pipe, identity_lora):
     base = draw(twin_pipe)
-    apply_loras(fresh_pipe, [LoraSpec(str(identity_lora), 1.0)])
+    apply_loras(fresh_pipe, [LoraSpec(path=str(identity_lora), weight=1.0)])
     assert np.abs(draw(fresh_pipe) - base).mean() > 1.0
     fresh_pipe.set_adapters(["arthur"], adapter_weights=[0.0])
     assert np.array_equal(draw(fresh_pipe), base)
 
 
 def test_weight_zero_from_the_start_is_base(twin_pipe, fresh_pipe, identity_lora):
-    apply_loras(fresh_pipe, [LoraSpec(str(identity_lora), 0.0)])
+    apply_loras(fresh_pipe, [LoraSpec(path=str(identity_lora), weight=0.0)])
     assert np.array_equal(draw(fresh_pipe), draw(twin_pipe))
 
 
 def test_negative_weight_is_allowed_and_acts(twin_pipe, fresh_pipe, identity_lora):
-    apply_loras(fresh_pipe, [LoraSpec(str(identity_lora), -1.0)])
+    apply_loras(fresh_pipe, [LoraSpec(path=str(identity_lora), weight=-1.0)])
     neg = draw(fresh_pipe)
     fresh_pipe.set_adapters(["arthur"], adapter_weights=[1.0])
     pos = draw(fresh_pipe)
@@ -47,7 +47,7 @@ def test_negative_weight_is_allowed_and_acts(twin_pipe, fresh_pipe, identity_lor
 
 
 def test_two_loras_stack(fresh_pipe, identity_lora, style_lora):
-    names = apply_loras(fresh_pipe, [LoraSpec(str(identity_lora), 1.0), LoraSpec(str(style_lora), 0.8)])
+    names = apply_loras(fresh_pipe, [LoraSpec(path=str(identity_lora), weight=1.0), LoraSpec(path=str(style_lora), weight=0.8)])
     assert names == ["arthur", "style"]
     both = draw(fresh_pipe)
     fresh_pipe.set_adapters(names, adapter_weights=[1.0, 0.0])
@@ -61,10 +61,10 @@ def test_two_loras_stack(fresh_pipe, identity_lora, style_lora):
 def test_stack_with_zero_weight_equals_single(twin_dir, fresh_pipe, identity_lora, style_lora):
     from lookalike.models.flux import load_pipeline, resolve_source
 
-    apply_loras(fresh_pipe, [LoraSpec(str(identity_lora), 1.0), LoraSpec(str(style_lora), 0.0)])
+    apply_loras(fresh_pipe, [LoraSpec(path=str(identity_lora), weight=1.0), LoraSpec(path=str(style_lora), weight=0.0)])
     single = load_pipeline(resolve_source(str(twin_dir)), torch.float32)
     single.set_progress_bar_config(disable=True)
-    apply_loras(single, [LoraSpec(str(identity_lora), 1.0)])
+    apply_loras(single, [LoraSpec(path=str(identity_lora), weight=1.0)])
     assert np.array_equal(draw(fresh_pipe), draw(single))
 
 
@@ -83,7 +83,7 @@ def test_kohya_and_diffusers_formats_give_the_same_image(twin_dir, twin_pipe, tm
     for f in (diffusers_file, kohya_file):
         pipe = load_pipeline(resolve_source(str(twin_dir)), torch.float32)
         pipe.set_progress_bar_config(disable=True)
-        apply_loras(pipe, [LoraSpec(str(f), 1.0)])
+        apply_loras(pipe, [LoraSpec(path=str(f), weight=1.0)])
         images.append(draw(pipe))
     assert np.abs(images[0] - draw(twin_pipe)).mean() > 1.0
     assert np.abs(images[0] - images[1]).max() <= 1.0  # same up to 8-bit rounding of fp32 noise
@@ -106,7 +106,7 @@ def test_non_number_weight_is_refused():
 
 def test_missing_lora_file(fresh_pipe, tmp_path):
     with pytest.raises(LoraError, match="not found") as e:
-        apply_loras(fresh_pipe, [LoraSpec(str(tmp_path / "nope.safetensors"))])
+        apply_loras(fresh_pipe, [LoraSpec(path=str(tmp_path / "nope.safetensors"))])
     assert "nope.safetensors" in str(e.value)
 
 
@@ -114,14 +114,14 @@ def test_file_that_is_not_safetensors(fresh_pipe, tmp_path):
     path = tmp_path / "notes.safetensors"
     path.write_text("hello")
     with pytest.raises(LoraError, match="not a readable .safetensors file"):
-        apply_loras(fresh_pipe, [LoraSpec(str(path))])
+        apply_loras(fresh_pipe, [LoraSpec(path=str(path))])
 
 
 def test_file_that_is_not_a_lora(fresh_pipe, tmp_path):
     path = tmp_path / "model.safetensors"
     save_file({"transformer_blocks.0.attn.to_q.weight": torch.zeros(32, 32)}, str(path))
     with pytest.raises(LoraError, match="is not a LoRA"):
-        apply_loras(fresh_pipe, [LoraSpec(str(path))])
+        apply_loras(fresh_pipe, [LoraSpec(path=str(path))])
 
 
 def test_lora_for_another_family(fresh_pipe, tmp_path):
@@ -131,7 +131,7 @@ def test_lora_for_another_family(fresh_pipe, tmp_path):
         "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(320, 4),
     }, str(path))
     with pytest.raises(LoraError, match="UNet model"):
-        apply_loras(fresh_pipe, [LoraSpec(str(path))])
+        apply_loras(fresh_pipe, [LoraSpec(path=str(path))])
 
 
 def test_lora_with_mismatched_shapes(fresh_pipe, tmp_path):
@@ -141,12 +141,12 @@ def test_lora_with_mismatched_shapes(fresh_pipe, tmp_path):
         "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(3072, 4),
     }, str(path))
     with pytest.raises(LoraError, match="input size 3072, but transformer.transformer_blocks.0.attn.to_q has 32"):
-        apply_loras(fresh_pipe, [LoraSpec(str(path))])
+        apply_loras(fresh_pipe, [LoraSpec(path=str(path))])
 
 
 def test_bad_second_lora_leaves_pipeline_untouched(twin_pipe, fresh_pipe, identity_lora, tmp_path):
     with pytest.raises(LoraError):
-        apply_loras(fresh_pipe, [LoraSpec(str(identity_lora)), LoraSpec(str(tmp_path / "missing.safetensors"))])
+        apply_loras(fresh_pipe, [LoraSpec(path=str(identity_lora)), LoraSpec(path=str(tmp_path / "missing.safetensors"))])
     assert np.array_equal(draw(fresh_pipe), draw(twin_pipe))
 
 
@@ -163,6 +163,6 @@ def test_generate_to_folder_matches_the_sampler_and_records_loras(twin_dir, iden
     (path,) = generate_to_folder(cfg, ["Arthur on a beach"], tmp_path / "out")
     reference = load_pipeline(resolve_source(str(twin_dir)), torch.float32)
     reference.set_progress_bar_config(disable=True)
-    apply_loras(reference, [LoraSpec(str(identity_lora), 0.7)])
+    apply_loras(reference, [LoraSpec(path=str(identity_lora), weight=0.7)])
     assert np.array_equal(np.asarray(Image.open(path), dtype=np.float64), draw(reference, "Arthur on a beach", 5))
     assert "arthur" in Image.open(path).text["loras"] and (tmp_path / "out" / "grid.png").exists()

@@ -45,6 +45,8 @@ def _setup_logging(verbose: bool) -> None:
     if not verbose:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+        # diffusers stacks a second LoRA through peft, which warns about it: stacking is the point here.
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
         import os
 
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -86,7 +88,7 @@ def generate(
     width: Optional[int] = typer.Option(None, help="Width in pixels, a multiple of 16 (generate.width)."),
     height: Optional[int] = typer.Option(None, help="Height in pixels, a multiple of 16 (generate.height)."),
     lora: Optional[list[str]] = typer.Option(
-        None, "--lora", "-l", help="LoRA file as PATH or PATH:WEIGHT, repeatable to stack (identity + style)."
+        None, "--lora", "-l", help="LoRA file as PATH or PATH:WEIGHT, repeatable to stack (identity + style); replaces generate.loras."
     ),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps (runtime.device)."),
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
@@ -109,8 +111,7 @@ def generate(
         overrides.append(f"runtime.device={device}")
     cfg = _load_config(preset, config, overrides, run)
     if lora:
-        specs = [parse_lora_arg(x) for x in lora]
-        cfg.generate.loras = [{"path": s.path, "weight": s.weight} for s in specs]
+        cfg.generate.loras = [parse_lora_arg(x) for x in lora]
     texts = read_prompts(prompts or [], prompts_file)
     folder = _output_folder(run, out)
     _run_generate(cfg, texts, folder)

@@ -189,11 +189,11 @@ def generate_to_folder(cfg, prompts: Sequence[str], folder: Path, on_sample=None
     Everything that can be checked without the model (source path, LoRA paths) is checked first.
     """
     from lookalike.models.flux import load_pipeline, model_source
-    from lookalike.models.lora import LoraSpec, apply_loras, lora_file
+    from lookalike.models.lora import apply_loras, lora_file
     from lookalike.runtime import decide_runtime
 
     source = model_source(cfg.model)
-    specs = [LoraSpec(spec.path, spec.weight, spec.name) for spec in cfg.generate.loras]
+    specs = list(cfg.generate.loras)
     for spec in specs:
         lora_file(spec.path)
     runtime = decide_runtime(cfg.runtime.device, cfg.runtime.dtype)

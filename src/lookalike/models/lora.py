@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
+from lookalike.config import LoraSpec
 from lookalike.errors import LoraError
 
 log = logging.getLogger(__name__)
@@ -23,22 +23,13 @@ UNET_MARKERS = ("down_blocks", "up_blocks", "mid_block", "input_blocks", "output
 DEFAULT_FILE = "pytorch_lora_weights.safetensors"
 
 
-@dataclass(frozen=True)
-class LoraSpec:
-    """One LoRA to apply: the file, its weight (negative allowed) and an adapter name."""
-
-    path: str
-    weight: float = 1.0
-    name: str | None = None
-
-
 def parse_lora_arg(text: str) -> LoraSpec:
     """`path[:weight]` from the command line, e.g. `style.safetensors:0.8` or `me.safetensors:-0.5`."""
     path, sep, tail = text.rpartition(":")
     if not sep or any(c in tail for c in "/\\") or tail.endswith(".safetensors") or not path:
-        return LoraSpec(text)
+        return LoraSpec(path=text)
     try:
-        return LoraSpec(path, float(tail))
+        return LoraSpec(path=path, weight=float(tail))
     except ValueError:
         raise LoraError(
             f"--lora {text!r}: the weight {tail!r} is not a number; write PATH:WEIGHT, "
