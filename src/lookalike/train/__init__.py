@@ -1,0 +1,1 @@
+"""Training: the flow-matching maths (pure functions), LoRA set-up and the Lightning wiring."""
