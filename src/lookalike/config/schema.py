@@ -5,7 +5,7 @@ the YAML reading, layering and error wording live in `loading.py`.
 """
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
 from annotated_types import Ge
 from pydantic import AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, Strict
@@ -56,6 +56,38 @@ Side = Annotated[int, Strict(), Ge(16), AfterValidator(_multiple_of_16)]
 Seed = Annotated[int, Strict(), Ge(0)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 Device = Annotated[str, AfterValidator(_check_device)]
+
+# Named LoRA target sets, because the anchors disagree on which layers to adapt. Module names are
+# matched by peft as suffixes of FluxTransformer2DModel's module paths.
+TARGET_PRESETS: dict[str, list[str]] = {
+    # the write-up: image-stream attention in double blocks, q/k/v in single blocks
+    "seed": ["to_q", "to_k", "to_v", "to_out.0"],
+    # attention on both streams (adds the text stream's projections)
+    "attention": ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"],
+    # every linear layer of the blocks: attention, MLPs and modulation
+    "all-linear": [
+        "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+        "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out",
+        "norm1.linear", "norm1_context.linear", "norm.linear",
+    ],
+}
+
+
+def _check_targets(value: str | list[str]) -> list[str]:
+    """A preset name expands to its module list; a list must be non-empty with no blank names."""
+    if isinstance(value, str):
+        if value not in TARGET_PRESETS:
+            raise PydanticCustomError(
+                _OUR_ERROR, "is neither a list of module names nor a preset; presets: {names}",
+                {"names": ", ".join(TARGET_PRESETS)},
+            )
+        return list(TARGET_PRESETS[value])
+    if not value or any(not v.strip() for v in value):
+        raise PydanticCustomError(_OUR_ERROR, "must name at least one module, e.g. [to_q, to_k, to_v, to_out.0]")
+    return value
+
+
+Targets = Annotated[Union[str, list[str]], AfterValidator(_check_targets)]
 Trigger = Annotated[str, AfterValidator(_check_trigger)]
 
 
@@ -107,8 +139,9 @@ class LoraConfig(_Section):
 
     rank: Int = Field(32, gt=0, description="LoRA rank: width of the low-rank update")
     alpha: Float = Field(16.0, gt=0, description="LoRA alpha: the update is scaled by alpha / rank")
-    targets: list[str] = Field(
-        ["to_q", "to_k", "to_v", "to_out.0"], min_length=1, description="attention linear layers that get a LoRA"
+    targets: Targets = Field(
+        ["to_q", "to_k", "to_v", "to_out.0"],
+        description="layers that get a LoRA: a list of module names, or a preset: seed, attention, all-linear",
     )
 
 
@@ -122,6 +155,16 @@ class TrainConfig(_Section):
     gradient_checkpointing: Bool = Field(True, description="recompute activations in backward to save GPU memory")
     precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype of the frozen base on a GPU")
     guidance: Float = Field(1.0, description="value fed to FLUX's guidance embedder during training")
+    density: Literal["logit_normal", "uniform", "mode"] = Field(
+        "logit_normal", description="distribution of the noise level sigma: logit_normal, uniform or mode"
+    )
+    logit_mean: Float = Field(0.0, description="mean of the logit-normal density (0 centres sigma on 0.5)")
+    logit_std: Float = Field(1.0, ge=0, description="spread of the logit-normal density")
+    mode_scale: Float = Field(1.29, description="shape of the mode density (SD3's default 1.29)")
+    shift: Float = Field(1.0, gt=0, description="timestep shift s: sigma -> s*sigma/(1+(s-1)*sigma); >1 favours noise")
+    weighting: Literal["none", "sigma_sqrt", "cosmap"] = Field(
+        "none", description="loss weight w(sigma): none, sigma_sqrt or cosmap"
+    )
 
 
 class LoraSpec(_Section):

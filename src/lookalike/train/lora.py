@@ -1,0 +1,62 @@
+"""LoRA adapters on the frozen FLUX transformer, through peft.
+
+W' = W + (alpha / rank)·B·A on every targeted Linear; W stays frozen (bf16 on a GPU), A and B are
+trained in fp32 so that small updates are not rounded away.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+from lookalike.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoraSummary:
+    """What `add_lora` did: the peft config, the wrapped module names and the trainable count."""
+
+    config: "peft.LoraConfig"  # noqa: F821
+    modules: list[str]
+    trainable: int
+    total: int
+
+
+def add_lora(transformer, rank: int, alpha: float, targets: Sequence[str], seed: int = 0) -> LoraSummary:
+    """Freeze `transformer`, wrap the `targets` Linears with a LoRA, cast the LoRA weights to fp32.
+
+    A is initialised from `seed` (peft's Kaiming init), B at zero, so the model starts unchanged.
+    Raises ConfigError if no module matches `lora.targets`.
+    """
+    import torch
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    transformer.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            transformer.add_adapter(config)
+        except ValueError as e:
+            raise ConfigError(
+                f"lora.targets = {list(targets)}: no such module in the FLUX transformer ({e}). "
+                "Use module names such as to_q, to_k, to_v, to_out.0, or a preset: seed, attention, all-linear"
+            ) from None
+    cast_training_params(transformer, torch.float32)
+    modules = sorted({n.rsplit(".lora_", 1)[0] for n, p in transformer.named_parameters() if p.requires_grad})
+    trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in transformer.parameters())
+    log.info("LoRA rank %d, alpha %g on %d modules: %s trainable parameters of %s (%.3f%%)",
+             rank, alpha, len(modules), f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return LoraSummary(config, modules, trainable, total)
+
+
+def lora_state_dict(transformer) -> dict:
+    """The trained LoRA weights in PEFT naming (`...to_q.lora_A.weight`), without the `transformer.` prefix."""
+    from peft.utils import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(transformer)
