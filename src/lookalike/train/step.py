@@ -1,0 +1,99 @@
+"""One flow-matching training step on cached tensors, as a handful of named calls.
+
+The training loop never runs the VAE or the text encoders: a `Batch` holds what the cache stage
+wrote (normalised latents, T5 sequence embeddings, CLIP pooled embeddings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lookalike.train.flow_matching import (
+    flow_matching_loss,
+    latent_image_ids,
+    loss_weights,
+    noisy_latents,
+    pack_latents,
+    sample_sigmas,
+    unpack_latents,
+    velocity_target,
+)
+
+
+@dataclass
+class Batch:
+    """Cached inputs. latents: [B, C, H, W] with z = (z_vae - shift)·scale; t5: [B, L, D_t5]; pooled: [B, D_clip]."""
+
+    latents: torch.Tensor
+    t5: torch.Tensor
+    pooled: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The noise-level and loss settings of `train` in the config."""
+
+    density: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    shift: float = 1.0
+    weighting: str = "none"
+    guidance: float = 1.0
+
+    @classmethod
+    def from_config(cls, train) -> "Recipe":
+        return cls(train.density, train.logit_mean, train.logit_std, train.mode_scale, train.shift,
+                   train.weighting, train.guidance)
+
+
+def predict_velocity(transformer, z_sigma: torch.Tensor, sigma: torch.Tensor, batch: Batch, guidance: float):
+    """v̂ = f_θ(z_σ, σ, text): pack into 2x2 patch tokens, run FLUX, unpack. [B, C, H, W] -> [B, C, H, W].
+
+    FLUX takes σ itself as the timestep and the raw guidance value (it scales both by 1000 inside).
+    """
+    b, _, h, w = z_sigma.shape
+    dtype, device = transformer.dtype, z_sigma.device
+    out = transformer(
+        hidden_states=pack_latents(z_sigma).to(dtype),
+        encoder_hidden_states=batch.t5.to(device, dtype),
+        pooled_projections=batch.pooled.to(device, dtype),
+        timestep=sigma.to(device, dtype),
+        guidance=torch.full((b,), guidance, device=device, dtype=dtype),
+        txt_ids=torch.zeros(batch.t5.shape[1], 3, device=device, dtype=dtype),
+        img_ids=latent_image_ids(h, w, device=device, dtype=dtype),
+        return_dict=False,
+    )[0]
+    return unpack_latents(out, h, w)
+
+
+def training_loss(transformer, batch: Batch, recipe: Recipe, generator: torch.Generator | None = None):
+    """Sample σ and ε, noise the latents, predict the velocity, weight the error. Returns (loss, σ [B])."""
+    z = batch.latents
+    sigma = sample_sigmas(
+        z.shape[0], recipe.density, logit_mean=recipe.logit_mean, logit_std=recipe.logit_std,
+        mode_scale=recipe.mode_scale, shift=recipe.shift, generator=generator,
+    ).to(z.device)
+    noise = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(z)
+    pred = predict_velocity(transformer, noisy_latents(z, noise, sigma), sigma, batch, recipe.guidance)
+    loss = flow_matching_loss(pred, velocity_target(z, noise), loss_weights(sigma, recipe.weighting))
+    return loss, sigma
+
+
+def fixed_noise_loss(transformer, batch: Batch, sigmas: torch.Tensor, recipe: Recipe, seed: int = 0) -> torch.Tensor:
+    """Validation loss at fixed σ values with fixed noise: a steady signal where the training loss is noisy.
+
+    The same noise for every call with the same seed; the loss averaged over `sigmas` ([S]) -> scalar.
+    """
+    g = torch.Generator().manual_seed(seed)
+    z = batch.latents
+    losses = []
+    with torch.no_grad():
+        for s in sigmas:
+            noise = torch.randn(z.shape, generator=g, dtype=torch.float32).to(z)
+            sigma = torch.full((z.shape[0],), float(s), device=z.device)
+            pred = predict_velocity(transformer, noisy_latents(z, noise, sigma), sigma, batch, recipe.guidance)
+            losses.append(flow_matching_loss(pred, velocity_target(z, noise), torch.ones_like(sigma)))
+    return torch.stack(losses).mean()
