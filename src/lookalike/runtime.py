@@ -6,6 +6,7 @@ import logging
 import re
 from dataclasses import dataclass
 
+from lookalike.config.schema import DEVICE_PATTERN
 from lookalike.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def _pick_device(requested: str):
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps"), "Apple GPU (MPS) found"
         return torch.device("cpu"), "no GPU found"
-    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", requested):
+    if not re.fullmatch(DEVICE_PATTERN, requested):
         raise ConfigError(f"runtime.device = {requested!r}: expected auto, cpu, cuda, cuda:N or mps")
     if requested.startswith("cuda"):
         index = int(requested.split(":")[1]) if ":" in requested else 0

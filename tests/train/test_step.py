@@ -3,7 +3,8 @@
 import torch
 
 from lookalike.train.lora import add_lora
-from lookalike.train.step import Batch, Recipe, fixed_noise_loss, predict_velocity, training_loss
+from lookalike.config import TrainConfig
+from lookalike.train.step import Batch, fixed_noise_loss, predict_velocity, training_loss
 
 
 def _batch(pipe, n=4, size=64, seed=0):
@@ -37,8 +38,8 @@ def test_predict_velocity_matches_the_pipeline_transformer_call(twin_pipe):
 
 def test_training_loss_is_seeded_and_returns_sigmas(twin_pipe):
     batch = _batch(twin_pipe, n=2)
-    a = training_loss(twin_pipe.transformer, batch, Recipe(), torch.Generator().manual_seed(1))
-    b = training_loss(twin_pipe.transformer, batch, Recipe(), torch.Generator().manual_seed(1))
+    a = training_loss(twin_pipe.transformer, batch, TrainConfig(), torch.Generator().manual_seed(1))
+    b = training_loss(twin_pipe.transformer, batch, TrainConfig(), torch.Generator().manual_seed(1))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[1].shape == (2,)
 
 
@@ -50,14 +51,14 @@ def test_lora_training_lowers_the_fixed_noise_loss(twin_dir, twin_pipe):
     add_lora(transformer, rank=4, alpha=4.0, targets=["to_q", "to_k", "to_v", "to_out.0"])
     params = [p for p in transformer.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=1e-4)
-    recipe, sigmas = Recipe(), torch.tensor([0.25, 0.5, 0.75])
-    before = fixed_noise_loss(transformer, batch, sigmas, recipe).item()
+    train, sigmas = TrainConfig(), torch.tensor([0.25, 0.5, 0.75])
+    before = fixed_noise_loss(transformer, batch, sigmas, train.guidance).item()
     g = torch.Generator().manual_seed(0)
     for _ in range(60):
-        loss, _ = training_loss(transformer, batch, recipe, g)
+        loss, _ = training_loss(transformer, batch, train, g)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    after = fixed_noise_loss(transformer, batch, sigmas, recipe).item()
+    after = fixed_noise_loss(transformer, batch, sigmas, train.guidance).item()
     assert after < 0.95 * before, (before, after)
     assert all(not p.requires_grad for n, p in transformer.named_parameters() if "lora_" not in n)

@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 
 DEFAULT_PRESET = "flux1-dev"
 _OUR_ERROR = "lookalike"  # pydantic error type whose message is already written for the user
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"
 
 # ---------------------------------------------------------------- value checks
 
@@ -33,7 +34,7 @@ def _multiple_of_16(value: int) -> int:
 
 def _check_device(value: str) -> str:
     """Accept the device names torch understands that lookalike supports."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+    if not re.fullmatch(DEVICE_PATTERN, value):
         raise PydanticCustomError(_OUR_ERROR, "expected auto, cpu, cuda, cuda:N (N a GPU index) or mps")
     return value
 
@@ -140,7 +141,7 @@ class LoraConfig(_Section):
     rank: Int = Field(32, gt=0, description="LoRA rank: width of the low-rank update")
     alpha: Float = Field(16.0, gt=0, description="LoRA alpha: the update is scaled by alpha / rank")
     targets: Targets = Field(
-        ["to_q", "to_k", "to_v", "to_out.0"],
+        TARGET_PRESETS["seed"],
         description="layers that get a LoRA: a list of module names, or a preset: seed, attention, all-linear",
     )
 

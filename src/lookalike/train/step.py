@@ -31,24 +31,6 @@ class Batch:
     pooled: torch.Tensor
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """The noise-level and loss settings of `train` in the config."""
-
-    density: str = "logit_normal"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    mode_scale: float = 1.29
-    shift: float = 1.0
-    weighting: str = "none"
-    guidance: float = 1.0
-
-    @classmethod
-    def from_config(cls, train) -> "Recipe":
-        return cls(train.density, train.logit_mean, train.logit_std, train.mode_scale, train.shift,
-                   train.weighting, train.guidance)
-
-
 def predict_velocity(transformer, z_sigma: torch.Tensor, sigma: torch.Tensor, batch: Batch, guidance: float):
     """v̂ = f_θ(z_σ, σ, text): pack into 2x2 patch tokens, run FLUX, unpack. [B, C, H, W] -> [B, C, H, W].
 
@@ -69,23 +51,32 @@ def predict_velocity(transformer, z_sigma: torch.Tensor, sigma: torch.Tensor, ba
     return unpack_latents(out, h, w)
 
 
-def training_loss(transformer, batch: Batch, recipe: Recipe, generator: torch.Generator | None = None):
-    """Sample σ and ε, noise the latents, predict the velocity, weight the error. Returns (loss, σ [B])."""
+def _loss_at(transformer, batch: Batch, noise: torch.Tensor, sigma: torch.Tensor, guidance: float,
+             weights: torch.Tensor) -> torch.Tensor:
+    """Noise the latents to σ, predict the velocity, and weight its squared error. -> scalar."""
+    z = batch.latents
+    pred = predict_velocity(transformer, noisy_latents(z, noise, sigma), sigma, batch, guidance)
+    return flow_matching_loss(pred, velocity_target(z, noise), weights)
+
+
+def training_loss(transformer, batch: Batch, train, generator: torch.Generator | None = None):
+    """Sample σ and ε for the batch and compute the weighted loss. `train`: the config's train section.
+
+    Returns (loss, σ [B]).
+    """
     z = batch.latents
     sigma = sample_sigmas(
-        z.shape[0], recipe.density, logit_mean=recipe.logit_mean, logit_std=recipe.logit_std,
-        mode_scale=recipe.mode_scale, shift=recipe.shift, generator=generator,
+        z.shape[0], train.density, logit_mean=train.logit_mean, logit_std=train.logit_std,
+        mode_scale=train.mode_scale, shift=train.shift, generator=generator,
     ).to(z.device)
     noise = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(z)
-    pred = predict_velocity(transformer, noisy_latents(z, noise, sigma), sigma, batch, recipe.guidance)
-    loss = flow_matching_loss(pred, velocity_target(z, noise), loss_weights(sigma, recipe.weighting))
-    return loss, sigma
+    return _loss_at(transformer, batch, noise, sigma, train.guidance, loss_weights(sigma, train.weighting)), sigma
 
 
-def fixed_noise_loss(transformer, batch: Batch, sigmas: torch.Tensor, recipe: Recipe, seed: int = 0) -> torch.Tensor:
+def fixed_noise_loss(transformer, batch: Batch, sigmas: torch.Tensor, guidance: float, seed: int = 0) -> torch.Tensor:
     """Validation loss at fixed σ values with fixed noise: a steady signal where the training loss is noisy.
 
-    The same noise for every call with the same seed; the loss averaged over `sigmas` ([S]) -> scalar.
+    The same noise for every call with the same seed; unweighted; averaged over `sigmas` ([S]) -> scalar.
     """
     g = torch.Generator().manual_seed(seed)
     z = batch.latents
@@ -94,6 +85,5 @@ def fixed_noise_loss(transformer, batch: Batch, sigmas: torch.Tensor, recipe: Re
         for s in sigmas:
             noise = torch.randn(z.shape, generator=g, dtype=torch.float32).to(z)
             sigma = torch.full((z.shape[0],), float(s), device=z.device)
-            pred = predict_velocity(transformer, noisy_latents(z, noise, sigma), sigma, batch, recipe.guidance)
-            losses.append(flow_matching_loss(pred, velocity_target(z, noise), torch.ones_like(sigma)))
+            losses.append(_loss_at(transformer, batch, noise, sigma, guidance, torch.ones_like(sigma)))
     return torch.stack(losses).mean()
