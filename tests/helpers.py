@@ -49,3 +49,35 @@ def save_diffusers_lora(state, config, path: Path) -> Path:
         transformer_lora_adapter_metadata=config.to_dict(),
     )
     return path
+
+
+def make_photos(folder: Path, n: int = 4, trigger: str = "Arthur", sizes=((96, 128), (128, 96), (96, 96))) -> Path:
+    """n distinct photos (portrait, landscape and square, as phones give) with a caption .txt each."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    places = ["on a beach", "in a park", "in a city street", "in a kitchen", "on a mountain", "in a library"]
+    for i in range(n):
+        w, h = sizes[i % len(sizes)]
+        im = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(0, 255, 3)))
+        d = ImageDraw.Draw(im)
+        for _ in range(4):
+            x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+            d.ellipse([x0, y0, x0 + 20 + int(rng.integers(0, 30)), y0 + 20 + int(rng.integers(0, 30))],
+                      fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        im.save(folder / f"IMG_{i:04d}.png")
+        (folder / f"IMG_{i:04d}.txt").write_text(f"{trigger} standing {places[i % len(places)]}\n")
+    return folder
+
+
+def run_cli(args, cwd, timeout=600, **env):
+    """`python -m lookalike ARGS` in a subprocess; returns the CompletedProcess (text output)."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "lookalike", *[str(a) for a in args]], cwd=cwd, capture_output=True, text=True,
+        env={**os.environ, **env}, timeout=timeout,
+    )

@@ -148,6 +148,105 @@ def _run_generate(cfg, texts: list[str], folder: Path) -> None:
     print(folder / "grid.png")
 
 
+RUN_HELP = "Run directory: holds config.yaml, the cache, checkpoints, samples and the LoRA."
+
+
+def _prepare_run(run: Path, photos, trigger, preset, config, overrides, resume: bool = False):
+    """The run's config: RUN/config.yaml if it exists (plus --set), else preset/--config; checked and saved.
+
+    A new training in a folder that already trained is refused (its checkpoints would be mixed up);
+    a resume may change only how long and how often, not what is learned.
+    """
+    from lookalike.config import load_config, save_config
+    from lookalike.errors import ConfigError
+    from lookalike.rundir import RunDir
+    from lookalike.train.module import resume_settings
+    from lookalike.train.run import STAGE, is_child_process
+
+    rd = RunDir(run)
+    if is_child_process():  # a DDP rank Lightning started: rank 0 has already checked and saved the config
+        return load_config(rd.config_path)
+    existing = rd.config_path.exists()
+    if existing and (preset or config):
+        raise ConfigError(
+            f"{rd.config_path} already sets this run up; --preset and --config apply to new runs only. "
+            "Change a setting with --set KEY=VALUE, or use a new run folder"
+        )
+    if resume and not existing:
+        raise ConfigError(f"--resume: {run} has no config.yaml, so there is no run to resume; check the folder")
+    cfg = load_config(rd.config_path if existing else config, preset=preset, overrides=list(overrides or []))
+    if photos is not None:
+        cfg.dataset.photos = str(Path(photos).expanduser().resolve())
+    if trigger is not None:
+        cfg.dataset.trigger = trigger
+    if resume:
+        before, after = resume_settings(load_config(rd.config_path)), resume_settings(cfg)
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        if changed:
+            shown = "; ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed[:6])
+            raise ConfigError(
+                f"--resume with settings that change what is learned ({shown}). A resumed run must keep them; "
+                "drop those --set options, or start a new run folder"
+            )
+    elif (rd.root / STAGE / "resume").exists():
+        raise ConfigError(
+            f"{run} already holds a training run ({rd.root / STAGE}); continue it with --resume, "
+            "or choose a new run folder (nothing was deleted)"
+        )
+    if cfg.dataset.photos and not Path(cfg.dataset.photos).is_absolute():
+        cfg.dataset.photos = str(Path(cfg.dataset.photos).resolve())
+    save_config(cfg, rd.config_path)
+    return cfg
+
+
+@app.command()
+def cache(
+    run: Path = typer.Argument(..., help=RUN_HELP),
+    photos: Optional[Path] = typer.Option(None, help="Folder of photos with a caption .txt beside each (dataset.photos)."),
+    trigger: Optional[str] = typer.Option(None, help="The word that names the person (dataset.trigger)."),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Encode photos and captions once (VAE latents, T5 and CLIP embeddings); re-runs encode only changes."""
+    from lookalike.data.cache import build_cache
+    from lookalike.rundir import RunDir
+
+    _quiet_libraries()
+    cfg = _prepare_run(run, photos, trigger, preset, config, set_)
+    report = build_cache(cfg, RunDir(run))
+    console.print(f"[green]cached {report.items} photos[/green] (encoded {report.latents_encoded} latents, "
+                  f"{report.texts_encoded} texts) in {report.folder}")
+
+
+@app.command()
+def train(
+    run: Path = typer.Argument(..., help=RUN_HELP),
+    photos: Optional[Path] = typer.Option(None, help="Folder of photos with a caption .txt beside each (dataset.photos)."),
+    trigger: Optional[str] = typer.Option(None, help="The word that names the person (dataset.trigger)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue RUN's training from its last checkpoint."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps (runtime.device)."),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Cache, then train the LoRA: checkpoints, previews, a progress GIF, and the exported LoRA files."""
+    from lookalike.data.cache import build_cache
+    from lookalike.rundir import RunDir
+    from lookalike.train.run import is_child_process, train_stage
+
+    _quiet_libraries()
+    overrides = list(set_ or []) + ([f"runtime.device={device}"] if device else [])
+    cfg = _prepare_run(run, photos, trigger, preset, config, overrides, resume=resume)
+    if not is_child_process():
+        build_cache(cfg, RunDir(run))
+    report = train_stage(cfg, RunDir(run), resume=resume)
+    if report.lora is not None:
+        console.print(f"[green]trained {report.steps} steps[/green]; LoRA: {report.lora} (kohya/ComfyUI: "
+                      f"{report.kohya.name}); samples and progress GIFs in {report.folder}")
+        print(report.lora)
+
+
 @app.command()
 def twin(
     folder: Path = typer.Argument(..., help="Where to save the twin (a diffusers folder)."),

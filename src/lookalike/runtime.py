@@ -76,3 +76,19 @@ def decide_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
     runtime = Runtime(dev, dt, f"{dev_reason}; {dt_reason}")
     log.info("runtime: %s", runtime.describe())
     return runtime
+
+
+def training_runtime(device: str = "auto", dtype: str = "auto", precision: str = "bf16") -> Runtime:
+    """Runtime for caching and training: `runtime.dtype` if set, else `train.precision` on a GPU, fp32 on a CPU."""
+    import torch
+
+    dev, dev_reason = _pick_device(device)
+    if dtype != "auto":
+        dt, dt_reason = _pick_dtype(dev, dtype)
+    elif dev.type == "cpu":
+        dt, dt_reason = torch.float32, f"fp32 on CPU (train.precision = {precision} applies on a GPU)"
+    else:
+        dt, dt_reason = getattr(torch, DTYPE_NAMES[precision]), "chosen by train.precision"
+    runtime = Runtime(dev, dt, f"{dev_reason}; {dt_reason}")
+    log.info("runtime: %s", runtime.describe())
+    return runtime

@@ -7,7 +7,7 @@ the YAML reading, layering and error wording live in `loading.py`.
 import re
 from typing import Annotated, Literal, Union
 
-from annotated_types import Ge
+from annotated_types import Ge, Le
 from pydantic import AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, Strict
 from pydantic_core import PydanticCustomError
 
@@ -132,7 +132,19 @@ class DatasetConfig(_Section):
 
     photos: str | None = Field(None, description="folder of the person's photos (30-50 works well)")
     trigger: Trigger = Field("Arthur", description="word that names the person in captions and prompts")
-    resolution: Side = Field(1024, description="side in pixels of the square training crops; a multiple of 16")
+    resolution: Side = Field(
+        1024, description="training size: side of the square crop, or of the square whose area the buckets match"
+    )
+    aspect: Literal["buckets", "square"] = Field(
+        "buckets",
+        description="buckets: crop each photo to the nearest of several aspect ratios of about resolution² pixels "
+        "(keeps heads in 3:4 phone photos); square: centre crop to resolution² (the write-up)",
+    )
+    missing_trigger: Literal["refuse", "warn"] = Field(
+        "refuse", description="captions that do not contain the trigger word: refuse to train, or warn and go on"
+    )
+    max_sequence_length: Int = Field(512, ge=1, le=512, description="T5 tokens kept per training caption (at most 512)")
+    holdout: Int = Field(0, ge=0, description="photos held out of training for the validation loss (0: none)")
 
 
 class LoraConfig(_Section):
@@ -166,6 +178,30 @@ class TrainConfig(_Section):
     weighting: Literal["none", "sigma_sqrt", "cosmap"] = Field(
         "none", description="loss weight w(sigma): none, sigma_sqrt or cosmap"
     )
+    epochs: Int = Field(1000, ge=1, description="passes over the photos (the write-up's likeness settles after ~800)")
+    max_steps: Int | None = Field(None, ge=1, description="stop after this many optimiser steps, even mid-epoch")
+    warmup_steps: Int = Field(50, ge=0, description="steps of linear learning-rate warm-up from 0")
+    max_grad_norm: Float = Field(1.0, ge=0, description="clip the LoRA gradients to this norm (0: no clipping)")
+    caption_dropout: Float = Field(
+        0.0, ge=0, le=1,
+        description="probability of training a photo with the empty caption; > 0 makes the empty prompt draw "
+        "the person less often (the write-up used 0)",
+    )
+    checkpoint_every: Int = Field(250, ge=1, description="steps between LoRA snapshots and the resumable checkpoint")
+    sample_every: Int = Field(25, ge=1, description="epochs between preview images (the write-up: 25)")
+    sample_prompts: list[str] = Field(
+        ["{trigger} wearing a tuxedo", "{trigger} as a wizard"],
+        description="preview prompts drawn with generate.seeds at every sample epoch; {trigger} is replaced",
+    )
+    validation_sigmas: list[Annotated[float, Strict(), Ge(0), Le(1)]] = Field(
+        [0.1, 0.3, 0.5, 0.7, 0.9], min_length=1,
+        description="noise levels of the fixed-noise validation loss logged every epoch",
+    )
+    strategy: Literal["auto", "ddp", "fsdp", "ddp_spawn"] = Field(
+        "auto", description="Lightning strategy for several devices: auto, ddp, fsdp or ddp_spawn"
+    )
+    devices: Int = Field(1, ge=1, description="GPUs (or CPU processes) to train on")
+    num_nodes: Int = Field(1, ge=1, description="machines to train on (with ddp or fsdp)")
 
 
 class LoraSpec(_Section):

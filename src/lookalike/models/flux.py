@@ -204,10 +204,16 @@ def load_transformer(source: ModelSource, dtype) -> "FluxTransformer2DModel":  #
     return FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype)
 
 
-def load_pipeline(source: ModelSource, dtype) -> "FluxPipeline":  # noqa: F821
-    """Load the whole FluxPipeline (what generation needs), in `dtype`, on the CPU."""
+def load_pipeline(source: ModelSource, dtype, with_transformer: bool = True) -> "FluxPipeline":  # noqa: F821
+    """Load the FluxPipeline in `dtype`, on the CPU: whole for generation, or without the transformer
+    (VAE, text encoders, tokenizers, scheduler: what the cache stage needs)."""
     from diffusers import FluxPipeline
 
+    if not with_transformer:
+        parts = tuple(p for p in ALL_PARTS if p != "transformer")
+        folder = local_folder(source.components if source.kind == "single_file" else source, parts=parts)
+        log.info("loading VAE and text encoders from %s", folder)
+        return FluxPipeline.from_pretrained(folder, transformer=None, torch_dtype=dtype)
     if source.kind == "single_file":
         transformer = load_transformer(source, dtype)
         folder = local_folder(source.components, parts=tuple(p for p in ALL_PARTS if p != "transformer"))
@@ -218,6 +224,32 @@ def load_pipeline(source: ModelSource, dtype) -> "FluxPipeline":  # noqa: F821
     return FluxPipeline.from_pretrained(folder, torch_dtype=dtype)
 
 
+def load_sampling_parts(source: ModelSource, dtype):
+    """The VAE and scheduler only: with a transformer already in memory and cached prompt embeddings,
+    that is all the sampler needs (training previews). Returns (vae, scheduler)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+
+    folder = local_folder(source.components if source.kind == "single_file" else source, parts=("vae", "scheduler"))
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
+    return vae, FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
+
+
 def model_source(model_cfg) -> ModelSource:
     """`ModelSource` from the config's `model` section."""
     return resolve_source(model_cfg.source, model_cfg.components, model_cfg.revision)
+
+
+def source_identity(source: ModelSource) -> str:
+    """A string that changes when the weights behind `source` may have changed, for cache keys.
+
+    Hub sources: id and revision. Local files and folders: path plus size and mtime of every
+    .safetensors file, so re-downloading or replacing a model invalidates what was encoded with it.
+    """
+    parts = [source.kind, source.ref, source.revision or ""]
+    if source.components is not None:
+        parts.append(source_identity(source.components))
+    path = Path(source.ref)
+    if source.kind in ("folder", "single_file"):
+        files = [path] if path.is_file() else sorted(path.rglob("*.safetensors"))
+        parts += [f"{f.relative_to(path.parent)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+    return "|".join(parts)

@@ -50,7 +50,7 @@ def add_lora(transformer, rank: int, alpha: float, targets: Sequence[str], seed:
     modules = sorted({n.rsplit(".lora_", 1)[0] for n, p in transformer.named_parameters() if p.requires_grad})
     trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
     total = sum(p.numel() for p in transformer.parameters())
-    log.info("LoRA rank %d, alpha %g on %d modules: %s trainable parameters of %s (%.3f%%)",
+    log.debug("LoRA rank %d, alpha %g on %d modules: %s trainable parameters of %s (%.3f%%)",
              rank, alpha, len(modules), f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     return LoraSummary(config, modules, trainable, total)
 

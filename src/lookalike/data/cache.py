@@ -1,0 +1,256 @@
+"""The cache stage: encode every photo and caption once, so training never runs the VAE or T5.
+
+    RUN/cache/latents/<key>.safetensors   latent [C, h, w], z = (z_vae - shift)·scale
+    RUN/cache/text/<key>.safetensors      t5 [L, D_t5], pooled [D_clip]
+    RUN/cache/index.json                  which photo, caption, size and keys make up the training set
+
+A latent's key hashes the image bytes, the crop and size, the model and the dtype; a text key hashes
+the caption, the model, the dtype and the token count. Re-running encodes only the keys whose file
+is missing: change one caption and exactly one text is encoded again. The empty caption (for caption
+dropout) and the preview prompts are cached the same way. The encoders are freed afterwards.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from lookalike.data.buckets import fit, training_size
+from lookalike.data.photos import Photo, find_photos, load_rgb
+from lookalike.errors import ConfigError
+from lookalike.rundir import RunDir, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = "lookalike-cache-1"  # bump when what is stored, or how, changes
+STAGE = "cache"
+INDEX = "index.json"
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256("\0".join(str(p) for p in (CACHE_VERSION, *parts)).encode()).hexdigest()[:32]
+
+
+def latent_key(image_sha: str, size: tuple[int, int], model: str, dtype: str) -> str:
+    return _key("latent", image_sha, "centre-crop", *size, model, dtype)
+
+
+def text_key(caption: str, model: str, dtype: str, max_sequence_length: int) -> str:
+    return _key("text", caption, model, dtype, max_sequence_length)
+
+
+def upright_size(path: Path) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, read from the header without decoding the pixels."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+        orientation = im.getexif().get(0x0112, 1)
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def preview_prompts(cfg) -> list[str]:
+    """The preview prompts with the trigger word filled in."""
+    return [p.replace("{trigger}", cfg.dataset.trigger) for p in cfg.train.sample_prompts]
+
+
+def split_holdout(n: int, holdout: int, seed: int) -> set[int]:
+    """Indices of the `holdout` photos kept out of training: a seeded choice, stable across re-runs."""
+    return set(random.Random(seed).sample(range(n), holdout)) if holdout else set()
+
+
+def check_dataset_size(n_photos: int, cfg) -> None:
+    """Refuse a training set smaller than one batch, naming the setting to change."""
+    holdout, batch = cfg.dataset.holdout, cfg.train.batch_size
+    if holdout >= n_photos:
+        raise ConfigError(f"dataset.holdout = {holdout} leaves no photo to train on ({n_photos} found); lower it")
+    if n_photos - holdout < batch:
+        raise ConfigError(
+            f"{n_photos - holdout} training photo(s) (of {n_photos}, {holdout} held out) is fewer than "
+            f"train.batch_size = {batch}: add photos, or lower train.batch_size to at most {n_photos - holdout} "
+            "(use train.gradient_accumulation to keep the effective batch)"
+        )
+
+
+@dataclass
+class CacheReport:
+    """What one cache run did: items in the set, and how many latents / texts it had to encode."""
+
+    folder: Path
+    items: int
+    latents_encoded: int
+    texts_encoded: int
+    reused: int
+
+
+def _plan(cfg, photos: list[Photo], model: str, dtype: str) -> dict:
+    """The index to write: one entry per photo, plus the empty caption and the preview prompts."""
+    msl = cfg.dataset.max_sequence_length
+    held = split_holdout(len(photos), cfg.dataset.holdout, cfg.runtime.seed)
+    items = []
+    for i, p in enumerate(photos):
+        size = training_size(*upright_size(p.path), cfg.dataset.resolution, cfg.dataset.aspect)
+        sha = hashlib.sha256(p.path.read_bytes()).hexdigest()
+        items.append({
+            "photo": str(p.path), "caption": p.caption, "size": list(size), "holdout": i in held,
+            "latent": latent_key(sha, size, model, dtype), "text": text_key(p.caption, model, dtype, msl),
+        })
+    prompts = preview_prompts(cfg)
+    return {
+        "version": CACHE_VERSION, "model": model, "dtype": dtype, "max_sequence_length": msl,
+        "items": items,
+        "empty": text_key("", model, dtype, msl),
+        "prompts": [{"prompt": p, "text": text_key(p, model, dtype, cfg.generate.max_sequence_length)} for p in prompts],
+    }
+
+
+def _save(tensors: dict, path: Path) -> None:
+    """safetensors through a temporary file and a rename: a killed run never leaves half a file."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def encode_latent(vae, image, device, dtype) -> "torch.Tensor":  # noqa: F821
+    """A PIL image at its training size -> normalised latent [C, h, w]: z = (mode(E(x)) - shift)·scale.
+
+    Pixels go to [-1, 1]; the distribution's mode (its mean) is kept, so the cache is deterministic.
+    """
+    import numpy as np
+    import torch
+
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        z = vae.encode(x.to(device, dtype)).latent_dist.mode()
+    return ((z - vae.config.shift_factor) * vae.config.scaling_factor)[0]
+
+
+def build_cache(cfg, run: RunDir) -> CacheReport:
+    """Encode what is not cached yet; write the index and the manifest. Loads no model if nothing changed."""
+    from lookalike.models.flux import model_source, source_identity
+
+    photos = find_photos(cfg.dataset.photos, cfg.dataset.trigger, cfg.dataset.missing_trigger)
+    check_dataset_size(len(photos), cfg)
+    source = model_source(cfg.model)
+    runtime = cache_runtime(cfg)
+    dtype_name = str(runtime.dtype).removeprefix("torch.")
+    index = _plan(cfg, photos, source_identity(source), dtype_name)
+    folder = run.stage(STAGE)
+    texts = {it["text"]: it["caption"] for it in index["items"]}
+    texts[index["empty"]] = ""
+    prompt_texts = {p["text"]: p["prompt"] for p in index["prompts"]}
+    todo_latents = {it["latent"]: it for it in index["items"] if not (folder / "latents" / f"{it['latent']}.safetensors").exists()}
+    todo_texts = {k: v for k, v in texts.items() if not (folder / "text" / f"{k}.safetensors").exists()}
+    todo_prompts = {k: v for k, v in prompt_texts.items() if not (folder / "text" / f"{k}.safetensors").exists()}
+    if todo_latents or todo_texts or todo_prompts:
+        _encode(cfg, source, runtime, folder, todo_latents, todo_texts, todo_prompts)
+    write_json_atomic(folder / INDEX, index)
+    n_texts = len(todo_texts) + len(todo_prompts)
+    report = CacheReport(folder, len(index["items"]), len(todo_latents), n_texts,
+                         len(index["items"]) - len(todo_latents))
+    run.write_manifest(folder, STAGE, photos=str(cfg.dataset.photos), items=report.items,
+                       latents_encoded=report.latents_encoded, texts_encoded=n_texts, model=cfg.model.source,
+                       dtype=dtype_name, held_out=sum(it["holdout"] for it in index["items"]))
+    log.info("cache: %d photos; encoded %d latents and %d texts, reused %d latents (%s)",
+             report.items, report.latents_encoded, n_texts, report.reused, folder)
+    return report
+
+
+def cache_runtime(cfg):
+    """Device and dtype for the encoders: the same as training's, so cached tensors match the model."""
+    from lookalike.runtime import training_runtime
+
+    return training_runtime(cfg.runtime.device, cfg.runtime.dtype, cfg.train.precision)
+
+
+def _encode(cfg, source, runtime, folder: Path, latents: dict, texts: dict, prompts: dict) -> None:
+    """Load the VAE and text encoders (not the transformer), encode, then free them."""
+    import torch
+
+    from lookalike.generate import encode_prompts
+    from lookalike.models.flux import load_pipeline
+
+    pipe = load_pipeline(source, runtime.dtype, with_transformer=False)
+    pipe.vae.to(runtime.device)
+    for key, item in latents.items():
+        image = fit(load_rgb(Path(item["photo"])), tuple(item["size"]))
+        _save({"latent": encode_latent(pipe.vae, image, runtime.device, runtime.dtype)},
+              folder / "latents" / f"{key}.safetensors")
+    pipe.vae.to("cpu")
+    for name in ("text_encoder", "text_encoder_2"):
+        getattr(pipe, name).to(runtime.device)
+    for group, msl in ((texts, cfg.dataset.max_sequence_length), (prompts, cfg.generate.max_sequence_length)):
+        for key, emb in zip(group, encode_prompts(pipe, list(group.values()), msl, runtime.device)):
+            _save({"t5": emb.t5[0], "pooled": emb.pooled[0]}, folder / "text" / f"{key}.safetensors")
+    del pipe
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- reading the cache
+
+
+@dataclass
+class Cached:
+    """One cached training example. latent: [C, h, w]; t5: [L, D_t5]; pooled: [D_clip]."""
+
+    photo: str
+    caption: str
+    latent: "torch.Tensor"  # noqa: F821
+    t5: "torch.Tensor"  # noqa: F821
+    pooled: "torch.Tensor"  # noqa: F821
+
+
+@dataclass
+class CachedSet:
+    """Everything training reads: training and held-out examples, the empty caption, the preview prompts."""
+
+    train: list[Cached]
+    holdout: list[Cached]
+    empty: tuple  # (t5 [L, D_t5], pooled [D_clip])
+    prompts: list  # PromptEmbedding, t5 [1, L, D], pooled [1, D]
+    dtype: str
+
+
+def load_cache(run: RunDir) -> CachedSet:
+    """Read RUN/cache into memory (a few MB per photo at 1024²). Raises ConfigError if it is missing."""
+    from safetensors.torch import load_file
+
+    from lookalike.generate import PromptEmbedding
+
+    folder = run.root / STAGE
+    if not (folder / INDEX).exists():
+        raise ConfigError(f"{folder / INDEX} does not exist: run `lookalike cache {run.root}` first")
+    index = json.loads((folder / INDEX).read_text())
+
+    def text(key):
+        t = load_file(str(folder / "text" / f"{key}.safetensors"))
+        return t["t5"], t["pooled"]
+
+    def item(it):
+        t5, pooled = text(it["text"])
+        latent = load_file(str(folder / "latents" / f"{it['latent']}.safetensors"))["latent"]
+        return Cached(it["photo"], it["caption"], latent, t5, pooled)
+
+    items = index["items"]
+    prompts = []
+    for p in index["prompts"]:
+        t5, pooled = text(p["text"])
+        prompts.append(PromptEmbedding(p["prompt"], t5[None], pooled[None]))
+    return CachedSet(
+        train=[item(it) for it in items if not it["holdout"]],
+        holdout=[item(it) for it in items if it["holdout"]],
+        empty=text(index["empty"]),
+        prompts=prompts,
+        dtype=index["dtype"],
+    )

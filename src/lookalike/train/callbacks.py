@@ -1,0 +1,164 @@
+"""What happens between steps: checkpoints, previews, validation loss and the progress bar.
+
+Cadences are counted in optimiser steps from the batch's micro-batch index, so they line up the
+same way in an uninterrupted run and a resumed one. Files are written by rank 0 only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+
+
+def steps_done(batch: dict, accumulation: int) -> int | None:
+    """The optimiser step count after this micro-batch, or None if it did not end an optimiser step."""
+    n = int(batch["index"]) + 1
+    return n // accumulation if n % accumulation == 0 else None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write a checkpoint to a temporary file, then rename: `kill -9` mid-save keeps the previous one."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        tmp = Path(f"{path}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
+class Checkpoints(L.Callback):
+    """Every `every` steps (and at the end): the full resumable state, and a LoRA-only snapshot.
+
+    resume/last.ckpt: LoRA weights, optimiser, scheduler, loop counters (replaced each time).
+    checkpoints/step-000250.safetensors: the LoRA alone in diffusers format, kept for evaluation.
+    """
+
+    def __init__(self, every: int, total: int, accumulation: int, resume_path: Path, save_lora):
+        self.every, self.total, self.accumulation = every, total, accumulation
+        self.resume_path, self.save_lora = resume_path, save_lora
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = steps_done(batch, self.accumulation)
+        if step is None or not (step % self.every == 0 or step == self.total):
+            return
+        trainer.save_checkpoint(self.resume_path)
+        if trainer.is_global_zero:
+            self.save_lora(step)
+
+
+class Previews(L.Callback):
+    """Draw the preview prompts before training (epoch 0), every `every` epochs, and at the last step."""
+
+    def __init__(self, make_sampler, every: int, steps_per_epoch: int, total: int, accumulation: int,
+                 samples_dir: Path, gif_dir: Path):
+        self.make_sampler, self.sampler = make_sampler, None
+        self.every, self.steps_per_epoch, self.total, self.accumulation = every, steps_per_epoch, total, accumulation
+        self.samples_dir, self.gif_dir = samples_dir, gif_dir
+
+    def _draw(self, trainer, epoch: int, step: int) -> None:
+        from lookalike.train.previews import write_progress_gifs
+
+        if not trainer.is_global_zero:
+            return
+        if self.sampler is None:
+            self.sampler = self.make_sampler()
+        self.sampler.draw(self.samples_dir / f"epoch-{epoch:04d}", epoch, step)
+        write_progress_gifs(self.samples_dir, self.gif_dir)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step == 0:
+            self._draw(trainer, 0, 0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = steps_done(batch, self.accumulation)
+        if step is None:
+            return
+        epoch, within = divmod(step, self.steps_per_epoch)
+        if (within == 0 and epoch % self.every == 0) or step == self.total:
+            self._draw(trainer, epoch if within == 0 else epoch + 1, step)
+
+
+class EpochValidation(L.Callback):
+    """At each epoch end: the fixed-σ, fixed-noise loss on held-out photos and on a few training photos."""
+
+    TRAIN_SUBSET = 4
+
+    def __init__(self, holdout, train_items, steps_per_epoch: int, accumulation: int):
+        self.holdout, self.train_items = holdout, train_items
+        self.steps_per_epoch, self.accumulation = steps_per_epoch, accumulation
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = steps_done(batch, self.accumulation)
+        if step is None or step % self.steps_per_epoch:
+            return
+        fixed = pl_module.validation_losses(self.train_items, limit=self.TRAIN_SUBSET)
+        pl_module.log("val/train_fixed_loss", fixed, rank_zero_only=True)
+        if self.holdout:
+            pl_module.log("val/loss", pl_module.validation_losses(self.holdout), rank_zero_only=True)
+
+
+class StepBar(L.Callback):
+    """One progress bar over optimiser steps: step, loss, epoch, speed and time left."""
+
+    def __init__(self, total: int, steps_per_epoch: int, accumulation: int):
+        self.total, self.steps_per_epoch, self.accumulation = total, steps_per_epoch, accumulation
+        self.bar = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from tqdm.auto import tqdm
+
+        if trainer.is_global_zero:
+            self.bar = tqdm(total=self.total, initial=trainer.global_step, unit="step", dynamic_ncols=True,
+                            desc="training")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = steps_done(batch, self.accumulation)
+        if self.bar is None or step is None:
+            return
+        loss = trainer.callback_metrics.get("train/loss")
+        self.bar.set_postfix(loss=f"{float(loss):.4f}" if loss is not None else "?",
+                             epoch=step // self.steps_per_epoch, refresh=False)
+        self.bar.update(step - self.bar.n)
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._close()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._close()
+
+
+def lora_digest(transformer) -> str:
+    """A short hash of the LoRA weights: equal on every rank after a correct DDP run."""
+    from lookalike.train.lora import lora_state_dict
+
+    h = hashlib.sha256()
+    for k, v in sorted(lora_state_dict(transformer).items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class RankDigests(L.Callback):
+    """At the end of training every rank hashes its LoRA; rank 0 keeps all hashes (they must agree)."""
+
+    def __init__(self):
+        self.digests: list[str] = []
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import torch
+
+        mine = lora_digest(pl_module.transformer)
+        value = torch.tensor([int(mine, 16) & (2**62 - 1)], dtype=torch.int64, device=pl_module.device)
+        gathered = trainer.strategy.all_gather(value).reshape(-1).tolist()
+        self.digests = [f"{int(v):016x}" for v in gathered]

@@ -1,0 +1,142 @@
+"""The LightningModule: a frozen FLUX transformer with a LoRA, trained on cached tensors.
+
+Lightning owns the loop (devices, precision, accumulation, clipping, checkpoint files, loggers);
+this module owns only what is specific to lookalike: which weights train, the step, the optimiser,
+and what a checkpoint holds (the LoRA, never the frozen 12B base).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import lightning as L
+import torch
+
+from lookalike.errors import LookalikeError
+from lookalike.train.step import Batch, fixed_noise_loss, training_loss
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(LookalikeError):
+    """The loss became NaN or Inf."""
+
+
+def step_generator(seed: int, rank: int, micro_batch: int) -> torch.Generator:
+    """The CPU generator for σ and ε of one micro-batch: a function of (seed, rank, index), nothing else."""
+    digest = hashlib.sha256(f"{seed}:noise:{rank}:{micro_batch}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Linear warm-up from 1/warmup to 1 over `warmup_steps`, then constant."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    """Stop on a NaN or Inf loss, before it reaches the weights, saying what to change."""
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(
+            f"the training loss became {loss.item()} at step {step}; training stopped before the optimiser step. "
+            "The last good checkpoint is kept: resume with a lower train.learning_rate, or with "
+            "train.precision=bf16 instead of fp16"
+        )
+
+
+class LoraModule(L.LightningModule):
+    """Trains the LoRA weights of `transformer` (already wrapped by `add_lora`) with flow matching.
+
+    `data` is the cache (lookalike.data.cache.CachedSet); `plan` the cadences; `make_loader(start, rank)`
+    returns the training DataLoader from micro-batch `start`.
+    """
+
+    def __init__(self, transformer, cfg, data, plan, make_loader):
+        super().__init__()
+        self.transformer = transformer
+        self.cfg, self.data, self.plan, self.make_loader = cfg, data, plan, make_loader
+        self.strict_loading = False  # checkpoints hold the LoRA only; the frozen base comes from the model source
+
+    # ------------------------------------------------------------ data and step
+
+    def train_dataloader(self):
+        """Start where the (possibly restored) step count says: resume replays no batch and skips none."""
+        return self.make_loader(self.trainer.global_step * self.plan.accumulation, self.global_rank)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        generator = step_generator(self.cfg.runtime.seed, self.global_rank, int(batch["index"]))
+        loss, sigma = training_loss(self.transformer, as_batch(batch), self.cfg.train, generator)
+        check_finite(loss, self.global_step)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/sigma", sigma.mean())
+        self.log("train/epoch", batch["epoch"].float())
+        return loss
+
+    def validation_losses(self, items, limit: int | None = None) -> float:
+        """Mean fixed-noise loss over cached items (one at a time: buckets differ in size)."""
+        sigmas = torch.tensor(self.cfg.train.validation_sigmas)
+        losses = []
+        for i, it in enumerate(items[:limit]):
+            b = Batch(it.latent[None].float().to(self.device), it.t5[None], it.pooled[None])
+            losses.append(float(fixed_noise_loss(self.transformer, b, sigmas, self.cfg.train.guidance, seed=i)))
+        return sum(losses) / len(losses)
+
+    # ------------------------------------------------------------ optimiser
+
+    def configure_optimizers(self):
+        train = self.cfg.train
+        params = [p for p in self.transformer.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_factor(s, train.warmup_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.log("train/lr", optimizer.param_groups[0]["lr"])
+
+    # ------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only the trainable (LoRA) weights: megabytes instead of the base model's 24 GB."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["lookalike"] = {"fingerprint": resume_fingerprint(self.cfg)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("lookalike", {}).get("fingerprint")
+        if saved != resume_fingerprint(self.cfg):
+            raise LookalikeError(
+                "the checkpoint to resume was made with different training settings than this run's config.yaml; "
+                "resume with the config it was made with, or start a new run folder"
+            )
+
+
+def as_batch(batch: dict) -> Batch:
+    return Batch(batch["latents"], batch["t5"], batch["pooled"])
+
+
+# Settings a resumed run may change: how long and how often, not what is learned.
+RESUMABLE_CHANGES = {
+    "train.epochs", "train.max_steps", "train.checkpoint_every", "train.sample_every", "train.sample_prompts",
+    "generate", "runtime.device",
+}
+
+
+def resume_settings(cfg) -> dict:
+    """The flattened settings that must match between a run and its resume."""
+    flat: dict = {}
+
+    def walk(prefix, value):
+        if any(prefix == k or prefix.startswith(k + ".") for k in RESUMABLE_CHANGES):
+            return
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value
+
+    walk("", cfg.model_dump(mode="json"))
+    return flat
+
+
+def resume_fingerprint(cfg) -> str:
+    return hashlib.sha256(repr(sorted(resume_settings(cfg).items())).encode()).hexdigest()[:16]

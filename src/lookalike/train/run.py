@@ -1,0 +1,202 @@
+"""The train stage: read the cache, build the LoRA model, hand it to Lightning, export the result.
+
+    RUN/train/resume/last.ckpt                 full resumable state (LoRA, optimiser, counters)
+    RUN/train/checkpoints/step-000250.safetensors  LoRA snapshots (diffusers format)
+    RUN/train/samples/epoch-0025/*.png, progress-*.gif
+    RUN/train/logs/{tensorboard,csv}/attempt-N/  TensorBoard events and metrics.csv, one folder per attempt
+    RUN/train/lora.safetensors, lora-kohya.safetensors, manifest.json
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lookalike.errors import ConfigError, LookalikeError
+from lookalike.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+STAGE = "train"
+
+
+@dataclass
+class TrainReport:
+    folder: Path
+    steps: int
+    lora: Path | None
+    kohya: Path | None
+    rank_digests: list[str]
+
+
+def is_child_process() -> bool:
+    """True in the extra processes Lightning launches for DDP (they skip caching and folder checks)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0
+
+
+def lightning_precision(runtime) -> str:
+    """Lightning's precision flag. The base is already in its dtype and the LoRA in fp32, so on a GPU
+    autocast runs both in bf16/fp16 while the optimiser updates fp32 LoRA weights; on a CPU, plain fp32."""
+    name = str(runtime.dtype).removeprefix("torch.")
+    if runtime.device.type == "cpu" or name == "float32":
+        return "32-true"
+    return "bf16-mixed" if name == "bfloat16" else "16-mixed"
+
+
+def out_of_memory_error(cfg, err: Exception) -> ConfigError:
+    """Turn CUDA's out-of-memory into the settings to lower, in the order they help."""
+    t = cfg.train
+    tips = []
+    if t.batch_size > 1:
+        tips.append(f"train.batch_size={max(1, t.batch_size // 2)} with "
+                    f"train.gradient_accumulation={t.gradient_accumulation * 2} (same effective batch)")
+    if not t.gradient_checkpointing:
+        tips.append("train.gradient_checkpointing=true")
+    if cfg.dataset.resolution > 512:
+        tips.append(f"dataset.resolution={cfg.dataset.resolution * 3 // 4 // 16 * 16}")
+    if cfg.lora.rank > 16:
+        tips.append(f"lora.rank={cfg.lora.rank // 2}")
+    return ConfigError(
+        f"out of GPU memory while training ({str(err).splitlines()[0][:160]}). Lower one of: " + "; ".join(tips)
+        + ". Checkpoints already written are kept: resume with --resume after changing a setting that may change "
+        "on resume, or start a new run folder"
+    )
+
+
+def train_stage(cfg, run: RunDir, resume: bool = False) -> TrainReport:
+    """Train the LoRA on RUN/cache; `resume` continues from RUN/train/resume/last.ckpt."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from lookalike.data.cache import load_cache
+    from lookalike.data.loader import BatchStream, make_plan
+    from lookalike.models.flux import load_transformer, model_source
+    from lookalike.runtime import training_runtime
+    from lookalike.train import callbacks as cb
+    from lookalike.train.lora import add_lora
+    from lookalike.train.module import LoraModule
+
+    if logging.getLogger().level > logging.DEBUG:  # Lightning resets these at import: banners, tips
+        for chatty in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
+    folder = run.stage(STAGE)
+    resume_path = folder / "resume" / "last.ckpt"
+    if resume and not resume_path.exists():
+        raise ConfigError(f"--resume: {resume_path} does not exist; nothing to resume. Run without --resume")
+    data = load_cache(run)
+    runtime = training_runtime(cfg.runtime.device, cfg.runtime.dtype, cfg.train.precision)
+    world = cfg.train.devices * cfg.train.num_nodes
+    plan = make_plan([tuple(it.latent.shape[-2:]) for it in data.train], cfg, world)
+    source = model_source(cfg.model)
+    transformer = load_transformer(source, runtime.dtype)
+    if cfg.train.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    lora = add_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, seed=cfg.runtime.seed)
+    _log_start(cfg, runtime, lora, plan, data)
+
+    def make_loader(start: int, rank: int):
+        stream = BatchStream(data.train, data.empty, plan, cfg.train.batch_size, cfg.runtime.seed, rank, start,
+                             cfg.train.caption_dropout)
+        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
+
+    def save_snapshot(step: int) -> Path:
+        return _export(cfg, transformer, lora, step, folder / "checkpoints" / f"step-{step:06d}.safetensors")
+
+    def make_sampler():
+        from lookalike.generate import settings_from_config
+        from lookalike.models.flux import load_sampling_parts
+        from lookalike.train.previews import PreviewSampler
+
+        vae, scheduler = load_sampling_parts(source, runtime.dtype)
+        return PreviewSampler(transformer, vae, scheduler, data.prompts, cfg.generate.seeds,
+                              settings_from_config(cfg.generate), {"model": cfg.model.source, "run": str(run.root)})
+
+    accum, total = plan.accumulation, plan.total_steps
+    callbacks = [
+        cb.StepBar(total, plan.steps_per_epoch, accum),
+        cb.EpochValidation(data.holdout, data.train, plan.steps_per_epoch, accum),
+        cb.Checkpoints(cfg.train.checkpoint_every, total, accum, resume_path, save_snapshot),
+        cb.RankDigests(),
+    ]
+    if cfg.train.strategy != "fsdp":  # FSDP shards the weights: a rank-0-only forward would hang
+        callbacks.insert(1, cb.Previews(make_sampler, cfg.train.sample_every, plan.steps_per_epoch, total, accum,
+                                        folder / "samples", folder))
+    attempt = _next_attempt(folder / "logs" / "csv")
+    loggers = [TensorBoardLogger(folder / "logs" / "tensorboard", name="", version=attempt, default_hp_metric=False),
+               CSVLogger(folder / "logs" / "csv", name="", version=attempt)]
+    trainer = L.Trainer(
+        accelerator="cpu" if runtime.device.type == "cpu" else "gpu",
+        devices=cfg.train.devices, num_nodes=cfg.train.num_nodes, strategy=cfg.train.strategy,
+        precision=lightning_precision(runtime), max_steps=total, max_epochs=-1,
+        accumulate_grad_batches=accum, gradient_clip_val=cfg.train.max_grad_norm or None,
+        logger=loggers, log_every_n_steps=1, callbacks=callbacks, plugins=[cb.AtomicCheckpointIO()],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, use_distributed_sampler=False,
+    )
+    transformer.train()  # FLUX has no dropout or batch norm: this only keeps Lightning from warning
+    module = LoraModule(transformer, cfg, data, plan, make_loader)
+    started = time.time()
+    try:
+        trainer.fit(module, ckpt_path=str(resume_path) if resume else None)
+    except torch.cuda.OutOfMemoryError as e:
+        raise out_of_memory_error(cfg, e) from None
+    if trainer.interrupted:
+        raise LookalikeError(f"training was interrupted at step {trainer.global_step}; "
+                             f"continue with `lookalike train {run.root} --resume`")
+    report = TrainReport(folder, trainer.global_step, None, None, callbacks[-1].digests)
+    if trainer.is_global_zero:
+        report.lora = _export(cfg, transformer, lora, trainer.global_step, folder / "lora.safetensors")
+        report.kohya = _export(cfg, transformer, lora, trainer.global_step, folder / "lora-kohya.safetensors",
+                               kohya=True)
+        run.write_manifest(
+            folder, STAGE, steps=trainer.global_step, epochs=trainer.global_step // plan.steps_per_epoch,
+            resumed=resume, seconds=round(time.time() - started, 2), device=str(runtime.device),
+            precision=lightning_precision(runtime), world_size=world, trainable=lora.trainable,
+            lora=report.lora.name, kohya=report.kohya.name, rank_digests=report.rank_digests,
+            final_loss=_metric(trainer, "train/loss"), final_fixed_loss=_metric(trainer, "val/train_fixed_loss"),
+        )
+    return report
+
+
+def _metric(trainer, name: str) -> float | None:
+    value = trainer.callback_metrics.get(name)
+    return None if value is None else round(float(value), 6)
+
+
+def _next_attempt(logs: Path) -> str:
+    n = 1
+    while (logs / f"attempt-{n}").exists():
+        n += 1
+    return f"attempt-{n}"
+
+
+def _export(cfg, transformer, lora, step: int, path: Path, kohya: bool = False) -> Path:
+    """Write the current LoRA to `path` (diffusers format, or kohya keys) with the lookalike header."""
+    from lookalike.export import header, save_diffusers_lora, save_kohya_lora
+    from lookalike.models.flux_keys import module_out_features
+    from lookalike.train.lora import lora_state_dict
+
+    state = {k: v.detach().float().cpu() for k, v in lora_state_dict(transformer).items()}
+    meta = header(cfg.dataset.trigger, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, cfg.model.source, step)
+    if kohya:
+        return save_kohya_lora(state, cfg.lora.alpha, module_out_features(transformer), path, meta)
+    return save_diffusers_lora(state, lora.config, path, meta)
+
+
+def _log_start(cfg, runtime, lora, plan, data) -> None:
+    """The first lines a user reads: where, in what precision, how much trains, and the cadences."""
+    t = cfg.train
+    log.info("training on %s (%s); base %s, LoRA weights fp32, Lightning precision %s",
+             runtime.device, runtime.reason, str(runtime.dtype).removeprefix("torch."), lightning_precision(runtime))
+    log.info("LoRA rank %d, alpha %g on %d modules: %s trainable parameters (%.3f%% of %s)",
+             cfg.lora.rank, cfg.lora.alpha, len(lora.modules), f"{lora.trainable:,}",
+             100 * lora.trainable / lora.total, f"{lora.total:,}")
+    log.info("%d training photos (%d held out), batch %d x accumulation %d x %d device(s): %d steps per epoch, "
+             "%d epochs = %d steps", len(data.train), len(data.holdout), t.batch_size, t.gradient_accumulation,
+             plan.world_size, plan.steps_per_epoch, t.epochs, plan.total_steps)
+    log.info("checkpoint every %d steps, previews every %d epochs (every %d steps), validation every epoch",
+             t.checkpoint_every, t.sample_every, t.sample_every * plan.steps_per_epoch)

@@ -1,0 +1,90 @@
+"""The cache stage on the twin: what is encoded, what is reused, and the checks before any model loads."""
+
+import json
+import logging
+
+import pytest
+import torch
+
+from helpers import make_photos
+from lookalike.config import load_config
+from lookalike.data.buckets import fit
+from lookalike.data.cache import build_cache, load_cache
+from lookalike.data.photos import load_rgb
+from lookalike.errors import ConfigError
+from lookalike.rundir import RunDir
+
+
+def _cfg(photos, *overrides):
+    return load_config(None, preset="tiny", overrides=[f"dataset.photos={photos}", *overrides])
+
+
+def test_rerun_encodes_only_what_changed(tmp_path):
+    photos = make_photos(tmp_path / "photos", 3)
+    run = RunDir(tmp_path / "run")
+    cfg = _cfg(photos)
+    first = build_cache(cfg, run)
+    # 3 latents; texts: 3 captions + the empty caption + 2 preview prompts
+    assert (first.items, first.latents_encoded, first.texts_encoded) == (3, 3, 6)
+    again = build_cache(cfg, run)
+    assert (again.latents_encoded, again.texts_encoded, again.reused) == (0, 0, 3)
+
+    (photos / "IMG_0001.txt").write_text("Arthur on the left with a friend, on a beach")
+    one_caption = build_cache(cfg, run)
+    assert (one_caption.latents_encoded, one_caption.texts_encoded) == (0, 1)
+
+    from PIL import Image
+    Image.new("RGB", (96, 128), "red").save(photos / "IMG_0002.png")
+    one_photo = build_cache(cfg, run)
+    assert (one_photo.latents_encoded, one_photo.texts_encoded) == (1, 0)
+
+    index = json.loads((run.root / "cache" / "index.json").read_text())
+    assert [it["caption"] for it in index["items"]][1] == "Arthur on the left with a friend, on a beach"
+    assert index["items"][0]["size"] == [48, 80]  # 96x128 portrait -> portrait bucket at resolution 64
+    assert RunDir.read_manifest(run.root / "cache")["latents_encoded"] == 1
+
+
+def test_cached_latents_are_the_normalised_vae_mode(tmp_path, twin_pipe):
+    photos = make_photos(tmp_path / "photos", 3, sizes=((64, 64),))
+    run = RunDir(tmp_path / "run")
+    build_cache(_cfg(photos, "dataset.holdout=1"), run)
+    data = load_cache(run)
+    assert len(data.train) == 2 and len(data.holdout) == 1
+    item = data.train[0]
+    vae = twin_pipe.vae
+    x = torch.from_numpy(__import__("numpy").asarray(fit(load_rgb(item.photo), (64, 64)), dtype="float32"))
+    x = (x / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = (vae.encode(x).latent_dist.mean - vae.config.shift_factor) * vae.config.scaling_factor
+    torch.testing.assert_close(item.latent, expected[0], rtol=1e-5, atol=1e-5)
+    assert item.t5.shape == (32, twin_pipe.text_encoder_2.config.d_model)
+    with torch.no_grad():
+        t5, pooled, _ = twin_pipe.encode_prompt("", None, max_sequence_length=32)
+    torch.testing.assert_close(data.empty[0], t5[0])
+    assert [p.prompt for p in data.prompts] == ["Arthur wearing a tuxedo", "Arthur as a wizard"]
+
+
+def test_bad_datasets_are_refused_before_any_model_loads(tmp_path, caplog):
+    run = RunDir(tmp_path / "run")
+    photos = make_photos(tmp_path / "photos", 3)
+    (photos / "IMG_0001.txt").unlink()
+    with pytest.raises(ConfigError, match=r"1 of 3 photos .* no caption file: IMG_0001.png.*lookalike caption"):
+        build_cache(_cfg(photos), run)
+
+    make_photos(photos, 3, trigger="Bob")
+    with pytest.raises(ConfigError, match=r"3 of 3 captions .* do not contain the trigger word 'Arthur'.*missing_trigger=warn"):
+        build_cache(_cfg(photos), run)
+    with caplog.at_level(logging.WARNING):
+        assert build_cache(_cfg(photos, "dataset.missing_trigger=warn"), run).items == 3
+    assert "training anyway" in caplog.text
+
+    with pytest.raises(ConfigError, match=r"fewer than train.batch_size = 4: .* at most 3"):
+        build_cache(_cfg(photos, "dataset.trigger=Bob", "train.batch_size=4"), run)
+    with pytest.raises(ConfigError, match=r"dataset.holdout = 3 leaves no photo"):
+        build_cache(_cfg(photos, "dataset.trigger=Bob", "dataset.holdout=3"), run)
+    with pytest.raises(ConfigError, match=r"dataset.photos = .*nowhere.* is not a folder"):
+        build_cache(_cfg(tmp_path / "nowhere"), run)
+    # "Arthur" inside another word is not the trigger
+    (photos / "IMG_0000.txt").write_text("Arthurian legend")
+    with pytest.raises(ConfigError, match="do not contain the trigger word"):
+        build_cache(_cfg(photos, "dataset.trigger=Arthur"), run)
