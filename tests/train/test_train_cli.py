@@ -18,7 +18,7 @@ from helpers import make_photos, run_cli
 from lookalike.export import read_header
 
 QUICK = ["--preset", "tiny", "--set", "train.epochs=4", "--set", "train.sample_every=2",
-         "--set", "train.checkpoint_every=5"]
+         "--set", "train.checkpoint_every=5", "--set", "dataset.holdout=1"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
 def test_first_lines_state_device_precision_trainable_and_cadences(trained):
     _, out = trained
     head = out.stderr[: out.stderr.index("training:")]  # everything before the progress bar
-    for expected in ("training on cpu", "Lightning precision 32-true", "3,584 trainable parameters",
+    for expected in ("5 training photos (1 held out)", "training on cpu", "Lightning precision 32-true", "3,584 trainable parameters",
                      "3 steps per epoch", "4 epochs = 12 steps", "checkpoint every 5 steps", "previews every 2 epochs"):
         assert expected in " ".join(head.split()), expected
     assert "Traceback" not in out.stderr
@@ -76,12 +76,14 @@ def test_losses_go_to_csv_and_tensorboard(trained):
     run, _ = trained
     logs = run / "train" / "logs"
     rows = list(csv.DictReader(open(logs / "csv" / "attempt-1" / "metrics.csv")))
-    assert {"train/loss", "train/sigma", "train/lr", "val/train_fixed_loss"} <= set(rows[0])
+    assert {"train/loss", "train/sigma", "train/lr", "val/train_fixed_loss", "val/loss"} <= set(rows[0])
     losses = [float(r["train/loss"]) for r in rows if r["train/loss"]]
     assert len(losses) == 12 and all(np.isfinite(losses))
     lrs = [float(r["train/lr"]) for r in rows if r["train/lr"]]
     assert lrs[0] < lrs[-1] == pytest.approx(1e-3)  # warm-up, then the set rate
     assert len([r for r in rows if r["val/train_fixed_loss"]]) >= 4  # once per epoch
+    held_out = [float(r["val/loss"]) for r in rows if r["val/loss"]]
+    assert len(held_out) >= 4 and all(np.isfinite(held_out))
     assert list((logs / "tensorboard" / "attempt-1").glob("events.out.tfevents.*"))
 
 
@@ -133,8 +135,8 @@ def _wait_for(path, proc, timeout=300):
 
 def test_run_killed_mid_way_resumes_to_the_same_lora(tmp_path):
     photos = make_photos(tmp_path / "photos", 6)
-    # 3 steps per epoch, 14 epochs = 42 steps; checkpoints every 4 steps are mid-epoch
-    args = ["--photos", photos, "--preset", "tiny", "--set", "train.epochs=14", "--set", "train.checkpoint_every=4",
+    # 3 steps per epoch, 10 epochs = 30 steps; checkpoints every 4 steps are mid-epoch
+    args = ["--photos", photos, "--preset", "tiny", "--set", "train.epochs=10", "--set", "train.checkpoint_every=4",
             "--set", "train.sample_every=1000", "--set", "train.caption_dropout=0.3"]
     whole = run_cli(["train", tmp_path / "whole", *args], cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
@@ -148,7 +150,7 @@ def test_run_killed_mid_way_resumes_to_the_same_lora(tmp_path):
         assert proc.wait() == -signal.SIGKILL
     assert not (killed / "train" / "lora.safetensors").exists()
     step_at_kill = torch.load(killed / "train" / "resume" / "last.ckpt", weights_only=False)["global_step"]
-    assert 4 <= step_at_kill < 42
+    assert 4 <= step_at_kill < 30
 
     again = run_cli(["train", killed], cwd=tmp_path)  # without --resume: refused, nothing deleted
     assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
@@ -195,3 +197,16 @@ def test_two_process_ddp_ends_with_identical_lora_on_both_ranks(tmp_path):
     assert manifest["world_size"] == 2 and manifest["steps"] > 0
     digests = manifest["rank_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
+
+
+def test_out_of_memory_names_the_settings_to_lower():
+    from lookalike.config import load_config
+    from lookalike.train.run import out_of_memory_error
+
+    cfg = load_config(None, preset="flux1-dev", overrides=["train.gradient_checkpointing=false"])
+    err = out_of_memory_error(cfg, torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    text = str(err)
+    assert "Tried to allocate 2.00 GiB" in text
+    for tip in ("train.batch_size=4 with train.gradient_accumulation=2", "train.gradient_checkpointing=true",
+                "dataset.resolution=768", "lora.rank=16"):
+        assert tip in text
