@@ -160,8 +160,8 @@ def _prepare_run(run: Path, photos, trigger, preset, config, overrides, resume: 
     from lookalike.config import load_config, save_config
     from lookalike.errors import ConfigError
     from lookalike.rundir import RunDir
-    from lookalike.train.module import resume_settings
-    from lookalike.train.run import STAGE, is_child_process
+    from lookalike.config.loading import flat_settings
+    from lookalike.train.run import STAGE, is_child_process, resume_settings
 
     rd = RunDir(run)
     if is_child_process():  # a DDP rank Lightning started: rank 0 has already checked and saved the config
@@ -180,14 +180,20 @@ def _prepare_run(run: Path, photos, trigger, preset, config, overrides, resume: 
     if trigger is not None:
         cfg.dataset.trigger = trigger
     if resume:
-        before, after = resume_settings(load_config(rd.config_path)), resume_settings(cfg)
+        saved = load_config(rd.config_path)
+        before, after = resume_settings(saved), resume_settings(cfg)
         changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
         if changed:
             shown = "; ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed[:6])
             raise ConfigError(
-                f"--resume with settings that change what is learned ({shown}). A resumed run must keep them; "
-                "drop those --set options, or start a new run folder"
+                f"--resume with settings that change what is learned ({shown}). A resumed run keeps its model, "
+                "dataset, LoRA shape and seed; drop those --set options, or start a new run folder"
             )
+        old, new = flat_settings(saved, ("train",)), flat_settings(cfg, ("train",))
+        if recipe := [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(old) if old[k] != new.get(k)]:
+            logging.getLogger("lookalike").warning(
+                "resuming with a changed recipe (%s): training continues with it, so the result will differ "
+                "from an uninterrupted run", "; ".join(recipe))
     elif (rd.root / STAGE / "resume").exists():
         raise ConfigError(
             f"{run} already holds a training run ({rd.root / STAGE}); continue it with --resume, "

@@ -62,3 +62,28 @@ def test_lora_training_lowers_the_fixed_noise_loss(twin_dir, twin_pipe):
     after = fixed_noise_loss(transformer, batch, sigmas, train.guidance).item()
     assert after < 0.95 * before, (before, after)
     assert all(not p.requires_grad for n, p in transformer.named_parameters() if "lora_" not in n)
+
+
+def test_gradient_checkpointing_gives_the_same_lora_gradients(twin_dir):
+    """Checkpointing recomputes activations; with a frozen base and inputs that need no grad it must
+    still reach the LoRA weights (a reentrant checkpoint would silently give them no gradient)."""
+    from lookalike.models.flux import load_transformer, resolve_source
+
+    train = TrainConfig()
+    grads = []
+    for checkpointing in (False, True):
+        transformer = load_transformer(resolve_source(str(twin_dir)), torch.float32)
+        if checkpointing:
+            transformer.enable_gradient_checkpointing()
+        add_lora(transformer, 4, 2.0, ["to_q", "to_k", "to_v", "to_out.0"], seed=0)
+        transformer.train()
+        g = torch.Generator().manual_seed(0)
+        batch = Batch(torch.randn(2, 16, 8, 8, generator=g), torch.randn(2, 32, 32, generator=g),
+                      torch.randn(2, 32, generator=g))
+        loss, _ = training_loss(transformer, batch, train, torch.Generator().manual_seed(1))
+        loss.backward()
+        grads.append([p.grad for p in transformer.parameters() if p.requires_grad])
+    assert len(grads[0]) == len(grads[1]) and all(b is not None for b in grads[1])
+    assert sum(float(b.abs().sum()) for b in grads[1]) > 0  # lora_B gets gradient (lora_A's is 0 while B is 0)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

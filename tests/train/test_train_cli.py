@@ -172,19 +172,28 @@ def test_resume_refuses_settings_that_change_what_is_learned(trained, tmp_path):
     assert out.returncode == 2 and "no config.yaml" in out.stderr
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    photos = make_photos(tmp_path / "photos", 4)
+def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_a_lower_rate_resumes(tmp_path):
+    photos = make_photos(tmp_path / "photos", 4, sizes=((64, 64),))
     run = tmp_path / "run"
-    # An absurd learning rate: after one Adam step the LoRA weights are ~1e30 and the loss overflows.
-    out = run_cli(["train", run, "--photos", photos, "--preset", "tiny", "--set", "train.learning_rate=1e30",
-                   "--set", "train.warmup_steps=0", "--set", "train.checkpoint_every=1",
-                   "--set", "train.sample_every=1000"], cwd=tmp_path)
+    # 4 photos, batch 2: 2 steps per epoch. Two good epochs, a checkpoint after every step.
+    out = run_cli(["train", run, "--photos", photos, "--preset", "tiny", "--set", "train.epochs=2",
+                   "--set", "train.checkpoint_every=1", "--set", "train.sample_every=1000"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # Go on with an absurd learning rate: step 5 is finite (on good weights) but leaves them ~1e30,
+    # so the loss at step 6 overflows. The step-5 checkpoint holds those weights and must not survive.
+    out = run_cli(["train", run, "--resume", "--set", "train.epochs=4", "--set", "train.learning_rate=1e30"],
+                  cwd=tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
     message = " ".join(out.stderr.split())
-    assert "the training loss became" in message and "at step 1" in message and "Traceback" not in out.stderr
+    assert "resuming with a changed recipe (train.epochs: 2 -> 4; train.learning_rate: 0.001 -> 1e+30)" in message
+    assert "the training loss became" in message and "at step 5" in message and "Traceback" not in out.stderr
     state = torch.load(run / "train" / "resume" / "last.ckpt", weights_only=False)
-    assert state["global_step"] == 1 and all(torch.isfinite(v).all() for v in state["state_dict"].values())
-    assert not (run / "train" / "lora.safetensors").exists()
+    assert state["global_step"] == 4 and all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    assert not (run / "train" / "checkpoints" / "step-000005.safetensors").exists()
+    # The message's way out works: a lower rate continues from step 4 to the end.
+    out = run_cli(["train", run, "--resume", "--set", "train.learning_rate=1e-3"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((run / "train" / "manifest.json").read_text())["steps"] == 8
 
 
 def test_two_process_ddp_ends_with_identical_lora_on_both_ranks(tmp_path):

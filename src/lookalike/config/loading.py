@@ -432,3 +432,20 @@ def load_config(path: str | Path | None = None, preset: str | None = None, overr
         merged = _deep_merge(merged, data)
     merged["preset"] = name
     return _validate(merged, layers)
+
+
+def flat_settings(cfg, sections=None) -> dict:
+    """{'lora.rank': 32, ...} for every setting under `sections` (default: all)."""
+    flat: dict = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value
+
+    walk("", cfg.model_dump(mode="json"))
+    if sections is None:
+        return flat
+    return {k: v for k, v in flat.items() if any(k == s or k.startswith(s + ".") for s in sections)}

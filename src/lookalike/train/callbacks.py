@@ -35,21 +35,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class Checkpoints(L.Callback):
     """Every `every` steps (and at the end): the full resumable state, and a LoRA-only snapshot.
 
-    resume/last.ckpt: LoRA weights, optimiser, scheduler, loop counters (replaced each time).
-    checkpoints/step-000250.safetensors: the LoRA alone in diffusers format, kept for evaluation.
+    resume/last.ckpt: LoRA weights, optimiser, scheduler, loop counters; the one before is kept as
+    resume/previous.ckpt. checkpoints/step-000250.safetensors: the LoRA alone, kept for evaluation.
+    If the loss turns NaN right after a save, that save holds the weights that diverged: it is
+    dropped and the previous one becomes last.ckpt again.
     """
 
     def __init__(self, every: int, total: int, accumulation: int, resume_path: Path, save_lora):
         self.every, self.total, self.accumulation = every, total, accumulation
         self.resume_path, self.save_lora = resume_path, save_lora
+        self.previous = resume_path.with_name("previous.ckpt")
+        self.last_saved: int | None = None
+        self.last_snapshot: Path | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = steps_done(batch, self.accumulation)
         if step is None or not (step % self.every == 0 or step == self.total):
             return
+        if trainer.is_global_zero and self.resume_path.exists():
+            os.replace(self.resume_path, self.previous)
         trainer.save_checkpoint(self.resume_path)
+        self.last_saved = step
         if trainer.is_global_zero:
-            self.save_lora(step)
+            self.last_snapshot = self.save_lora(step)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        from lookalike.train.module import TrainingDiverged
+
+        diverged_right_after_save = isinstance(exception, TrainingDiverged) and self.last_saved == trainer.global_step
+        if not (diverged_right_after_save and trainer.is_global_zero and self.previous.exists()):
+            return
+        os.replace(self.previous, self.resume_path)
+        if self.last_snapshot is not None:
+            self.last_snapshot.unlink(missing_ok=True)
+        log.warning("the checkpoint of step %d held the weights that diverged: removed; %s is the one before it",
+                    self.last_saved, self.resume_path)
 
 
 class Previews(L.Callback):

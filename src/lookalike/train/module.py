@@ -14,6 +14,7 @@ import lightning as L
 import torch
 
 from lookalike.errors import LookalikeError
+from lookalike.train.run import resume_fingerprint
 from lookalike.train.step import Batch, fixed_noise_loss, training_loss
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,8 @@ def check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss):
         raise TrainingDiverged(
             f"the training loss became {loss.item()} at step {step}; training stopped before the optimiser step. "
-            "The last good checkpoint is kept: resume with a lower train.learning_rate, or with "
-            "train.precision=bf16 instead of fp16"
+            "The last good checkpoint is kept: continue with --resume --set train.learning_rate=<lower>, "
+            "or with train.precision=bf16 instead of fp16"
         )
 
 
@@ -90,6 +91,16 @@ class LoraModule(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_factor(s, train.warmup_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        """On resume Lightning restores the optimiser with the old rate; a changed recipe must win."""
+        train = self.cfg.train
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        schedule = self.lr_schedulers()
+        for group in optimizer.param_groups:
+            group["initial_lr"], group["weight_decay"] = train.learning_rate, train.weight_decay
+            group["lr"] = train.learning_rate * warmup_factor(self.global_step, train.warmup_steps)
+        schedule.base_lrs = [train.learning_rate] * len(optimizer.param_groups)
+
     def on_before_optimizer_step(self, optimizer) -> None:
         self.log("train/lr", optimizer.param_groups[0]["lr"])
 
@@ -105,38 +116,10 @@ class LoraModule(L.LightningModule):
         saved = checkpoint.get("lookalike", {}).get("fingerprint")
         if saved != resume_fingerprint(self.cfg):
             raise LookalikeError(
-                "the checkpoint to resume was made with different training settings than this run's config.yaml; "
-                "resume with the config it was made with, or start a new run folder"
+                "the checkpoint to resume was made with another model, dataset, LoRA shape or seed than this run's "
+                "config.yaml says; resume with the config it was made with, or start a new run folder"
             )
 
 
 def as_batch(batch: dict) -> Batch:
     return Batch(batch["latents"], batch["t5"], batch["pooled"])
-
-
-# Settings a resumed run may change: how long and how often, not what is learned.
-RESUMABLE_CHANGES = {
-    "train.epochs", "train.max_steps", "train.checkpoint_every", "train.sample_every", "train.sample_prompts",
-    "generate", "runtime.device",
-}
-
-
-def resume_settings(cfg) -> dict:
-    """The flattened settings that must match between a run and its resume."""
-    flat: dict = {}
-
-    def walk(prefix, value):
-        if any(prefix == k or prefix.startswith(k + ".") for k in RESUMABLE_CHANGES):
-            return
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            flat[prefix] = value
-
-    walk("", cfg.model_dump(mode="json"))
-    return flat
-
-
-def resume_fingerprint(cfg) -> str:
-    return hashlib.sha256(repr(sorted(resume_settings(cfg).items())).encode()).hexdigest()[:16]

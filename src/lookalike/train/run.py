@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -21,6 +22,22 @@ from lookalike.rundir import RunDir
 log = logging.getLogger(__name__)
 
 STAGE = "train"
+
+# What defines the run: the model, the photos and captions, the LoRA's shape and the seed. A resume must
+# keep these; the recipe in `train` (learning rate, batch split, cadences) may change, e.g. after a NaN
+# loss or running out of memory, at the price of no longer matching an uninterrupted run bit for bit.
+RUN_IDENTITY = ("model", "dataset", "lora", "runtime.seed")
+
+
+def resume_settings(cfg) -> dict:
+    """The settings that must match between a run and its resume."""
+    from lookalike.config.loading import flat_settings
+
+    return flat_settings(cfg, RUN_IDENTITY)
+
+
+def resume_fingerprint(cfg) -> str:
+    return hashlib.sha256(repr(sorted(resume_settings(cfg).items())).encode()).hexdigest()[:16]
 
 
 @dataclass
