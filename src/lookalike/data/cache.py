@@ -49,6 +49,10 @@ def upright_size(path: Path) -> tuple[int, int]:
     """(width, height) after EXIF orientation, read from the header without decoding the pixels."""
     from PIL import Image
 
+    from lookalike.ingest.decode import register_heif
+
+    register_heif()
+
     with Image.open(path) as im:
         w, h = im.size
         orientation = im.getexif().get(0x0112, 1)

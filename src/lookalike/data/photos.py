@@ -81,17 +81,10 @@ def _check_trigger(photos: list[Photo], trigger: str, missing_trigger: str, fold
 
 
 def load_rgb(path: Path) -> "PIL.Image.Image":  # noqa: F821
-    """Decode a photo upright (EXIF orientation applied) in RGB; names the file if it cannot be read."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Decode a photo upright in 8-bit RGB (see lookalike.ingest.decode); names the file if it cannot be used."""
+    from lookalike.ingest.decode import PhotoRejected, decode
 
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "P") and ("transparency" in im.info or im.mode != "P"):
-                im = im.convert("RGBA")
-                flat = Image.new("RGB", im.size, "white")
-                flat.paste(im, mask=im.getchannel("A"))
-                return flat
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise ConfigError(f"photo {str(path)!r} cannot be read ({e}); remove it or replace it with a JPEG or PNG") from None
+        return decode(path).image
+    except PhotoRejected as e:
+        raise ConfigError(f"photo {str(path)!r} cannot be used: {e.reason}; remove it from dataset.photos or fix it") from None
