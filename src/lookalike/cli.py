@@ -149,6 +149,8 @@ def _run_generate(cfg, texts: list[str], folder: Path) -> None:
 
 
 RUN_HELP = "Run directory: holds config.yaml, the cache, checkpoints, samples and the LoRA."
+PHOTOS_OPTION = typer.Option(None, help="Folder of photos with a caption .txt beside each (dataset.photos).")
+TRIGGER_OPTION = typer.Option(None, help="The word that names the person (dataset.trigger).")
 
 
 def _prepare_run(run: Path, photos, trigger, preset, config, overrides, resume: bool = False):
@@ -208,8 +210,8 @@ def _prepare_run(run: Path, photos, trigger, preset, config, overrides, resume: 
 @app.command()
 def cache(
     run: Path = typer.Argument(..., help=RUN_HELP),
-    photos: Optional[Path] = typer.Option(None, help="Folder of photos with a caption .txt beside each (dataset.photos)."),
-    trigger: Optional[str] = typer.Option(None, help="The word that names the person (dataset.trigger)."),
+    photos: Optional[Path] = PHOTOS_OPTION,
+    trigger: Optional[str] = TRIGGER_OPTION,
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
@@ -228,8 +230,8 @@ def cache(
 @app.command()
 def train(
     run: Path = typer.Argument(..., help=RUN_HELP),
-    photos: Optional[Path] = typer.Option(None, help="Folder of photos with a caption .txt beside each (dataset.photos)."),
-    trigger: Optional[str] = typer.Option(None, help="The word that names the person (dataset.trigger)."),
+    photos: Optional[Path] = PHOTOS_OPTION,
+    trigger: Optional[str] = TRIGGER_OPTION,
     resume: bool = typer.Option(False, "--resume", help="Continue RUN's training from its last checkpoint."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps (runtime.device)."),
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP),

@@ -78,9 +78,12 @@ def decide_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
     return runtime
 
 
-def training_runtime(device: str = "auto", dtype: str = "auto", precision: str = "bf16") -> Runtime:
-    """Runtime for caching and training: `runtime.dtype` if set, else `train.precision` on a GPU, fp32 on a CPU."""
+def training_runtime(cfg) -> Runtime:
+    """Runtime for caching and training (the same, so cached tensors match the model): `runtime.dtype`
+    if set, else `train.precision` on a GPU, fp32 on a CPU."""
     import torch
+
+    device, dtype, precision = cfg.runtime.device, cfg.runtime.dtype, cfg.train.precision
 
     dev, dev_reason = _pick_device(device)
     if dtype != "auto":

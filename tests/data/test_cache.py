@@ -3,6 +3,7 @@
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,7 +53,7 @@ def test_cached_latents_are_the_normalised_vae_mode(tmp_path, twin_pipe):
     assert len(data.train) == 2 and len(data.holdout) == 1
     item = data.train[0]
     vae = twin_pipe.vae
-    x = torch.from_numpy(__import__("numpy").asarray(fit(load_rgb(item.photo), (64, 64)), dtype="float32"))
+    x = torch.from_numpy(np.asarray(fit(load_rgb(item.photo), (64, 64)), dtype=np.float32))
     x = (x / 127.5 - 1).permute(2, 0, 1)[None]
     with torch.no_grad():
         expected = (vae.encode(x).latent_dist.mean - vae.config.shift_factor) * vae.config.scaling_factor

@@ -141,11 +141,12 @@ def encode_latent(vae, image, device, dtype) -> "torch.Tensor":  # noqa: F821
 def build_cache(cfg, run: RunDir) -> CacheReport:
     """Encode what is not cached yet; write the index and the manifest. Loads no model if nothing changed."""
     from lookalike.models.flux import model_source, source_identity
+    from lookalike.runtime import training_runtime
 
     photos = find_photos(cfg.dataset.photos, cfg.dataset.trigger, cfg.dataset.missing_trigger)
     check_dataset_size(len(photos), cfg)
     source = model_source(cfg.model)
-    runtime = cache_runtime(cfg)
+    runtime = training_runtime(cfg)
     dtype_name = str(runtime.dtype).removeprefix("torch.")
     index = _plan(cfg, photos, source_identity(source), dtype_name)
     folder = run.stage(STAGE)
@@ -167,13 +168,6 @@ def build_cache(cfg, run: RunDir) -> CacheReport:
     log.info("cache: %d photos; encoded %d latents and %d texts, reused %d latents (%s)",
              report.items, report.latents_encoded, n_texts, report.reused, folder)
     return report
-
-
-def cache_runtime(cfg):
-    """Device and dtype for the encoders: the same as training's, so cached tensors match the model."""
-    from lookalike.runtime import training_runtime
-
-    return training_runtime(cfg.runtime.device, cfg.runtime.dtype, cfg.train.precision)
 
 
 def _encode(cfg, source, runtime, folder: Path, latents: dict, texts: dict, prompts: dict) -> None:

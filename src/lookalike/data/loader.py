@@ -93,13 +93,19 @@ class BatchStream(torch.utils.data.IterableDataset):
         self.batch_size, self.seed, self.rank, self.start = batch_size, seed, rank, start
         self.caption_dropout = caption_dropout
         self.sizes = [tuple(it.latent.shape[-2:]) for it in items]
+        self._epoch: tuple[int, list[list[int]]] | None = None  # (epoch, this rank's batches)
+
+    def _rank_batches(self, epoch: int) -> list[list[int]]:
+        if self._epoch is None or self._epoch[0] != epoch:
+            batches = epoch_batches(self.sizes, self.batch_size, self.seed, epoch)
+            self._epoch = epoch, rank_batches(batches, self.rank, self.plan.world_size,
+                                              self.plan.micro_batches_per_epoch)
+        return self._epoch[1]
 
     def batch(self, m: int) -> dict:
         """Micro-batch number m of this rank."""
-        per_epoch = self.plan.micro_batches_per_epoch
-        epoch, j = divmod(m, per_epoch)
-        batches = epoch_batches(self.sizes, self.batch_size, self.seed, epoch)
-        idx = rank_batches(batches, self.rank, self.plan.world_size, per_epoch)[j]
+        epoch, j = divmod(m, self.plan.micro_batches_per_epoch)
+        idx = self._rank_batches(epoch)[j]
         drop = random.Random(f"{self.seed}:dropout:{self.rank}:{m}")
         texts = [self.empty if drop.random() < self.caption_dropout else (self.items[i].t5, self.items[i].pooled)
                  for i in idx]

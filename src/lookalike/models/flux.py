@@ -180,6 +180,11 @@ def _check_single_file(path: Path) -> None:
         )
 
 
+def _parts_folder(source: ModelSource, parts: tuple[str, ...]) -> Path:
+    """The folder holding `parts` other than the transformer: `model.components` for a single file."""
+    return local_folder(source.components if source.kind == "single_file" else source, parts=parts)
+
+
 def load_transformer(source: ModelSource, dtype) -> "FluxTransformer2DModel":  # noqa: F821
     """Load only the FLUX transformer (what training needs), in `dtype`, on the CPU."""
     from diffusers import FluxTransformer2DModel
@@ -210,8 +215,7 @@ def load_pipeline(source: ModelSource, dtype, with_transformer: bool = True) -> 
     from diffusers import FluxPipeline
 
     if not with_transformer:
-        parts = tuple(p for p in ALL_PARTS if p != "transformer")
-        folder = local_folder(source.components if source.kind == "single_file" else source, parts=parts)
+        folder = _parts_folder(source, tuple(p for p in ALL_PARTS if p != "transformer"))
         log.info("loading VAE and text encoders from %s", folder)
         return FluxPipeline.from_pretrained(folder, transformer=None, torch_dtype=dtype)
     if source.kind == "single_file":
@@ -229,7 +233,7 @@ def load_sampling_parts(source: ModelSource, dtype):
     that is all the sampler needs (training previews). Returns (vae, scheduler)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
-    folder = local_folder(source.components if source.kind == "single_file" else source, parts=("vae", "scheduler"))
+    folder = _parts_folder(source, ("vae", "scheduler"))
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
     return vae, FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
 

@@ -48,14 +48,14 @@ def check_finite(loss: torch.Tensor, step: int) -> None:
 class LoraModule(L.LightningModule):
     """Trains the LoRA weights of `transformer` (already wrapped by `add_lora`) with flow matching.
 
-    `data` is the cache (lookalike.data.cache.CachedSet); `plan` the cadences; `make_loader(start, rank)`
-    returns the training DataLoader from micro-batch `start`.
+    `plan` holds the cadences; `make_loader(start, rank)` returns the training DataLoader from
+    micro-batch `start`.
     """
 
-    def __init__(self, transformer, cfg, data, plan, make_loader):
+    def __init__(self, transformer, cfg, plan, make_loader):
         super().__init__()
         self.transformer = transformer
-        self.cfg, self.data, self.plan, self.make_loader = cfg, data, plan, make_loader
+        self.cfg, self.plan, self.make_loader = cfg, plan, make_loader
         self.strict_loading = False  # checkpoints hold the LoRA only; the frozen base comes from the model source
 
     # ------------------------------------------------------------ data and step

@@ -105,7 +105,7 @@ def train_stage(cfg, run: RunDir, resume: bool = False) -> TrainReport:
     if resume and not resume_path.exists():
         raise ConfigError(f"--resume: {resume_path} does not exist; nothing to resume. Run without --resume")
     data = load_cache(run)
-    runtime = training_runtime(cfg.runtime.device, cfg.runtime.dtype, cfg.train.precision)
+    runtime = training_runtime(cfg)
     world = cfg.train.devices * cfg.train.num_nodes
     plan = make_plan([tuple(it.latent.shape[-2:]) for it in data.train], cfg, world)
     source = model_source(cfg.model)
@@ -133,11 +133,12 @@ def train_stage(cfg, run: RunDir, resume: bool = False) -> TrainReport:
                               settings_from_config(cfg.generate), {"model": cfg.model.source, "run": str(run.root)})
 
     accum, total = plan.accumulation, plan.total_steps
+    digests = cb.RankDigests()
     callbacks = [
         cb.StepBar(total, plan.steps_per_epoch, accum),
         cb.EpochValidation(data.holdout, data.train, plan.steps_per_epoch, accum),
         cb.Checkpoints(cfg.train.checkpoint_every, total, accum, resume_path, save_snapshot),
-        cb.RankDigests(),
+        digests,
     ]
     if cfg.train.strategy != "fsdp":  # FSDP shards the weights: a rank-0-only forward would hang
         callbacks.insert(1, cb.Previews(make_sampler, cfg.train.sample_every, plan.steps_per_epoch, total, accum,
@@ -155,7 +156,7 @@ def train_stage(cfg, run: RunDir, resume: bool = False) -> TrainReport:
         num_sanity_val_steps=0, use_distributed_sampler=False,
     )
     transformer.train()  # FLUX has no dropout or batch norm: this only keeps Lightning from warning
-    module = LoraModule(transformer, cfg, data, plan, make_loader)
+    module = LoraModule(transformer, cfg, plan, make_loader)
     started = time.time()
     try:
         trainer.fit(module, ckpt_path=str(resume_path) if resume else None)
@@ -164,7 +165,7 @@ def train_stage(cfg, run: RunDir, resume: bool = False) -> TrainReport:
     if trainer.interrupted:
         raise LookalikeError(f"training was interrupted at step {trainer.global_step}; "
                              f"continue with `lookalike train {run.root} --resume`")
-    report = TrainReport(folder, trainer.global_step, None, None, callbacks[-1].digests)
+    report = TrainReport(folder, trainer.global_step, None, None, digests.digests)
     if trainer.is_global_zero:
         report.lora = _export(cfg, transformer, lora, trainer.global_step, folder / "lora.safetensors")
         report.kohya = _export(cfg, transformer, lora, trainer.global_step, folder / "lora-kohya.safetensors",
