@@ -81,3 +81,30 @@ def run_cli(args, cwd, timeout=600, **env):
         [sys.executable, "-m", "lookalike", *[str(a) for a in args]], cwd=cwd, capture_output=True, text=True,
         env={**os.environ, **env}, timeout=timeout,
     )
+
+
+def astronaut():
+    """scikit-image's astronaut (Eileen Collins, 512x512): a real face, with a mission patch HOG half-likes."""
+    from PIL import Image
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())
+
+
+def grace_hopper():
+    """matplotlib's Grace Hopper (512x600): a real face of another person."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as im:
+        return im.convert("RGB")
+
+
+def side_by_side(left, right):
+    """Two photos on one canvas, left and right, like a photo of two people."""
+    from PIL import Image
+
+    canvas = Image.new("RGB", (left.width + right.width, max(left.height, right.height)), "grey")
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (left.width, 0))
+    return canvas

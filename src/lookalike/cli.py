@@ -153,11 +153,12 @@ PHOTOS_OPTION = typer.Option(None, help="Folder of photos with a caption .txt be
 TRIGGER_OPTION = typer.Option(None, help="The word that names the person (dataset.trigger).")
 
 
-def _prepare_run(run: Path, photos, trigger, preset, config, overrides, resume: bool = False):
+def _prepare_run(run: Path, photos, trigger, preset, config, overrides, resume: bool = False, training: bool = True):
     """The run's config: RUN/config.yaml if it exists (plus --set), else preset/--config; checked and saved.
 
     A new training in a folder that already trained is refused (its checkpoints would be mixed up);
-    a resume may change only how long and how often, not what is learned.
+    a resume may change only how long and how often, not what is learned. Stages before training
+    (`training=False`) may run on any run folder.
     """
     from lookalike.config import load_config, save_config
     from lookalike.errors import ConfigError
@@ -196,7 +197,7 @@ def _prepare_run(run: Path, photos, trigger, preset, config, overrides, resume: 
             logging.getLogger("lookalike").warning(
                 "resuming with a changed recipe (%s): training continues with it, so the result will differ "
                 "from an uninterrupted run", "; ".join(recipe))
-    elif (rd.root / STAGE / "resume").exists():
+    elif training and (rd.root / STAGE / "resume").exists():
         raise ConfigError(
             f"{run} already holds a training run ({rd.root / STAGE}); continue it with --resume, "
             "or choose a new run folder (nothing was deleted)"
@@ -205,6 +206,41 @@ def _prepare_run(run: Path, photos, trigger, preset, config, overrides, resume: 
         cfg.dataset.photos = str(Path(cfg.dataset.photos).resolve())
     save_config(cfg, rd.config_path)
     return cfg
+
+
+@app.command()
+def ingest(
+    photos: Path = typer.Argument(..., help="Folder of the person's photos (JPEG, PNG, WebP, HEIC, ...)."),
+    run: Optional[Path] = typer.Option(None, help="Run directory (default runs/<folder name>); the record goes to RUN/ingest/."),
+    reference: Optional[str] = typer.Option(
+        None, help="Reference photo of the person: a file or a photo's name (caption.reference). "
+        "Default: the face found in most photos."),
+    trigger: Optional[str] = TRIGGER_OPTION,
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Check every photo: readable and upright, duplicates, blur, size, faces, and whether the person is in it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from lookalike.ingest.doctor import candidate_files, check_folder
+    from lookalike.ingest.stage import ingest_stage, print_report
+    from lookalike.rundir import RunDir
+
+    folder = check_folder(photos)
+    run = run if run is not None else Path("runs") / folder.resolve().name
+    overrides = list(set_ or []) + ([f"caption.reference={reference}"] if reference else [])
+    cfg = _prepare_run(run, folder, trigger, preset, config, overrides, training=False)
+    with Progress(TextColumn("checking photos"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("ingest", total=len(candidate_files(folder)))
+        report, path = ingest_stage(cfg, RunDir(run), on_photo=lambda _: bar.advance(task))
+    print_report(report, Console())
+    console.print(f"[green]checked {len(report.photos)} files[/green]: {len(report.usable)} usable; record: {path}")
+    if not report.usable:
+        from lookalike.errors import ConfigError
+
+        raise ConfigError(f"none of the {len(report.photos)} files in {folder} can be used (reasons in {path}); "
+                          "add photos Pillow can open (JPEG, PNG, WebP, HEIC)")
 
 
 @app.command()

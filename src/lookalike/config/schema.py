@@ -204,6 +204,67 @@ class TrainConfig(_Section):
     num_nodes: Int = Field(1, ge=1, description="machines to train on (with ddp or fsdp)")
 
 
+class DoctorConfig(_Section):
+    """doctor: what the dataset doctor of `lookalike ingest` flags."""
+
+    near_duplicate_bits: Int = Field(
+        6, ge=0, le=64, description="photos whose 64-bit perceptual hashes differ in at most this many bits are near duplicates"
+    )
+    min_sharpness: Float = Field(
+        60.0, ge=0,
+        description="variance of the Laplacian (on the face scaled to 64², else the sharpest tile) below which a "
+        "photo is flagged blurry",
+    )
+    face_distance: Float = Field(
+        0.6, gt=0, description="dlib face-embedding distance under which two faces are the same person (dlib's 0.6)"
+    )
+    face_side: Int = Field(1024, ge=128, description="long side, in pixels, a photo is scaled to for face detection")
+    min_face_score: Float = Field(
+        0.5, description="dlib HOG detection score under which a detection is not counted as a face"
+    )
+
+
+SEED_RULES = [
+    "Always start the caption with \"{trigger}\"",
+    "If other people are present, mention them but focus on {trigger}",
+    "If glasses are missing or sunglasses are present, say so",
+    "If the beard is gone, mention that too",
+    "State where {trigger} is in the frame (left, center, right)",
+]
+
+
+class CaptionConfig(_Section):
+    """caption: the vision-language model that captions each photo against a reference photo."""
+
+    provider: Literal["xai", "openai", "gemini", "ollama", "vllm", "custom"] = Field(
+        "xai", description="OpenAI-compatible endpoint preset: xai, openai, gemini, ollama, vllm, or custom (set base_url)"
+    )
+    base_url: str | None = Field(None, description="chat-completions base URL; default the provider's")
+    model: str | None = Field(None, description="vision model name; default the provider's")
+    api_key_env: str | None = Field(
+        None, description="environment variable holding the API key (default the provider's, e.g. XAI_API_KEY); "
+        "the key itself is never written anywhere",
+    )
+    reference: str | None = Field(
+        None, description="reference photo of the person sent first with every photo: a file, or the name of a "
+        "photo in dataset.photos",
+    )
+    rules: list[NonEmpty] = Field(SEED_RULES, min_length=1, description="captioning rules; {trigger} is replaced")
+    image_side: Int = Field(768, ge=64, description="long side, in pixels, of the JPEG sent for each image")
+    jpeg_quality: Int = Field(90, ge=30, le=100, description="JPEG quality of the images sent")
+    detail: Literal["auto", "low", "high"] = Field("high", description="image detail requested from the model")
+    concurrency: Int = Field(8, ge=1, description="requests in flight at once")
+    timeout: Float = Field(60.0, gt=0, description="seconds to wait for one reply before retrying")
+    retries: Int = Field(4, ge=0, description="retries of one request on 429, 5xx and timeouts (honouring Retry-After)")
+    reasks: Int = Field(2, ge=0, description="times a caption that breaks a rule is asked for again, the violation stated")
+    min_chars: Int = Field(20, ge=1, description="captions shorter than this are flagged")
+    max_chars: Int = Field(400, ge=1, description="captions longer than this are flagged")
+    max_tokens: Int = Field(300, ge=16, description="reply tokens allowed per request")
+    temperature: Float = Field(0.2, ge=0, description="sampling temperature of the model")
+    price_in: Float | None = Field(None, ge=0, description="USD per million input tokens, for --dry-run (default the provider's)")
+    price_out: Float | None = Field(None, ge=0, description="USD per million output tokens, for --dry-run")
+
+
 class LoraSpec(_Section):
     """One LoRA file applied at generation time."""
 
@@ -234,4 +295,6 @@ class Config(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig, description="shape of the LoRA adapter")
     train: TrainConfig = Field(default_factory=TrainConfig, description="the optimisation recipe")
     generate: GenerateConfig = Field(default_factory=GenerateConfig, description="the sampler settings")
+    doctor: DoctorConfig = Field(default_factory=DoctorConfig, description="what the dataset doctor flags")
+    caption: CaptionConfig = Field(default_factory=CaptionConfig, description="the captioning model and its rules")
 

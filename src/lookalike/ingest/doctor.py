@@ -1,0 +1,276 @@
+"""The dataset doctor: what is wrong with each photo before anyone pays for captions or GPU time.
+
+For every file in the photo folder it records whether the file can be used (and why not), its size,
+a perceptual hash, sharpness, the number of faces and whether *the person's* face is among them.
+The person is the face of the reference photo when one is given, else the face found in most photos.
+The checks are small pure functions; `examine` runs them over a folder and returns a `DoctorReport`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lookalike.data.photos import IMAGE_SUFFIXES
+from lookalike.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SIDECAR_SUFFIXES = {".txt", ".json", ".jsonl", ".html", ".md", ".yaml", ".yml", ".csv"}
+SHARPNESS_SIDE = 64  # face crops are scaled to this before measuring, so the measure does not depend on photo size
+
+
+@dataclass
+class PhotoCheck:
+    """What the doctor found about one file. `flags` are problems a person should look at."""
+
+    file: str
+    usable: bool
+    reason: str | None = None  # why the file cannot be used at all
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    notes: list[str] = field(default_factory=list)  # what decoding did: rotated, CMYK -> RGB, ...
+    sha256: str | None = None
+    phash: str | None = None
+    sharpness: float | None = None
+    faces: int | None = None
+    person: bool | None = None  # the person's face is in this photo (None: no person identified)
+    person_distance: float | None = None
+    position: str | None = None  # left, center or right: where the person is
+    training_size: tuple[int, int] | None = None
+    flags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DoctorReport:
+    folder: str
+    person_from: str  # "reference photo X", "the face in most photos (N)", or "no face found"
+    photos: list[PhotoCheck]
+
+    @property
+    def usable(self) -> list[PhotoCheck]:
+        return [p for p in self.photos if p.usable]
+
+    def summary(self) -> dict:
+        flagged = [p for p in self.photos if p.flags or not p.usable]
+        kinds: dict[str, int] = {}
+        for p in self.photos:
+            for flag in p.flags:
+                kind = flag.split(":")[0]
+                kinds[kind] = kinds.get(kind, 0) + 1
+        return {
+            "files": len(self.photos),
+            "usable": len(self.usable),
+            "rejected": len(self.photos) - len(self.usable),
+            "flagged": len(flagged),
+            "flags": kinds,
+            "person_found": sum(1 for p in self.photos if p.person),
+            "person_from": self.person_from,
+        }
+
+    def to_json(self) -> dict:
+        return {"folder": self.folder, "summary": self.summary(), "photos": [asdict(p) for p in self.photos]}
+
+
+# ---------------------------------------------------------------- the checks, as pure functions
+
+
+def sharpness(gray: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian of an (H, W) 0-255 image: low means blurry."""
+    g = np.asarray(gray, dtype=np.float64)
+    lap = -4 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
+    return float(lap.var())
+
+
+def tile_sharpness(gray: np.ndarray, tiles: int = 4) -> float:
+    """The sharpest of `tiles`² tiles: a photo with a sharp subject and a soft background is sharp."""
+    h, w = gray.shape
+    return max(
+        sharpness(gray[i * h // tiles:(i + 1) * h // tiles, j * w // tiles:(j + 1) * w // tiles])
+        for i in range(tiles) for j in range(tiles)
+    )
+
+
+def hamming(a: str, b: str) -> int:
+    """Bits that differ between two hex hashes of equal length."""
+    return bin(int(a, 16) ^ int(b, 16)).count("1")
+
+
+def upscale_factor(width: int, height: int, size: tuple[int, int]) -> float:
+    """How much the centre crop of a `width x height` photo is enlarged to reach `size` = (w, h)."""
+    from lookalike.data.buckets import crop_box
+
+    left, top, right, bottom = crop_box(width, height, size)
+    return max(size[0] / (right - left), size[1] / (bottom - top))
+
+
+def duplicate_flags(checks: list[PhotoCheck], max_bits: int) -> None:
+    """Flag each photo that repeats an earlier one: the same bytes, or a perceptual hash within `max_bits`."""
+    seen: list[PhotoCheck] = []
+    for check in checks:
+        if not check.usable:
+            continue
+        same = next((e for e in seen if e.sha256 == check.sha256), None)
+        near = min(seen, key=lambda e: hamming(check.phash, e.phash), default=None)
+        if same is not None:
+            check.flags.append(f"duplicate: the same file as {same.file}")
+        elif near is not None and (bits := hamming(check.phash, near.phash)) <= max_bits:
+            check.flags.append(f"near duplicate: looks like {near.file} ({bits} of 64 hash bits differ)")
+        seen.append(check)
+
+
+def pick_person(faces_per_photo: list[list["Face"]], distance: float) -> np.ndarray | None:  # noqa: F821
+    """The embedding of the face that appears in the most photos (the person a photo folder is about)."""
+    best, best_count = None, 0
+    for faces in faces_per_photo:
+        for face in faces:
+            count = sum(any(np.linalg.norm(face.embedding - f.embedding) < distance for f in other)
+                        for other in faces_per_photo)
+            if count > best_count:
+                best, best_count = face.embedding, count
+    return best
+
+
+# ---------------------------------------------------------------- a folder
+
+
+def candidate_files(folder: Path) -> list[Path]:
+    """Every file of `folder` a person may have meant as a photo: all but hidden files and sidecars."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in SIDECAR_SUFFIXES)
+
+
+def check_folder(folder: str | Path) -> Path:
+    """The folder, or a ConfigError naming it when it is missing or holds no files."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"photo folder {str(path)!r} does not exist or is not a folder; give the folder of the person's photos")
+    if not candidate_files(path):
+        raise ConfigError(f"photo folder {str(path)!r} is empty (no photo files); copy the person's photos into it "
+                          f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return path
+
+
+def resolve_reference(cfg) -> Path | None:
+    """caption.reference as a file: a path as given, else a photo of that name in dataset.photos."""
+    ref = cfg.caption.reference
+    if ref is None:
+        return None
+    path = Path(ref).expanduser()
+    if not path.is_file() and cfg.dataset.photos and (Path(cfg.dataset.photos) / ref).is_file():
+        path = Path(cfg.dataset.photos) / ref
+    if not path.is_file():
+        where = f" nor a photo in {cfg.dataset.photos}" if cfg.dataset.photos else ""
+        raise ConfigError(f"caption.reference = {ref!r} is neither a file{where}; give the path of a clear photo of "
+                          "the person, or the name of one of their photos (e.g. --reference selfie.jpg)")
+    return path
+
+
+def reference_face(path: Path, cfg) -> "Face":  # noqa: F821
+    """The largest face of the reference photo, or a ConfigError naming the file and the setting."""
+    from lookalike.ingest.decode import PhotoRejected, decode
+    from lookalike.ingest.faces import find_faces
+
+    if not path.is_file():
+        raise ConfigError(f"caption.reference = {str(path)!r} not found; give a photo file, or the name of one of "
+                          "the photos in dataset.photos")
+    try:
+        image = decode(path).image
+    except PhotoRejected as e:
+        raise ConfigError(f"caption.reference = {str(path)!r} cannot be used: {e.reason}") from None
+    faces = find_faces(image, cfg.doctor.face_side, cfg.doctor.min_face_score)
+    if not faces:
+        raise ConfigError(f"caption.reference = {str(path)!r}: no face found in it; choose a clear, well-lit photo "
+                          "of the person facing the camera (the write-up used a selfie)")
+    return faces[0]
+
+
+def examine(folder: str | Path, cfg, reference: Path | None = None,
+            on_photo: Callable[[PhotoCheck], None] | None = None) -> DoctorReport:
+    """Check every file of `folder` with the settings of `cfg` (dataset.resolution/aspect, doctor.*)."""
+    from lookalike.data.buckets import training_size
+    from lookalike.ingest.decode import PhotoRejected, decode
+    from lookalike.ingest.faces import face_distance, find_faces, frame_position
+
+    folder = check_folder(folder)
+    doc = cfg.doctor
+    checks, faces_of = [], []
+    for path in candidate_files(folder):
+        check = PhotoCheck(path.name, usable=False)
+        faces = []
+        try:
+            decoded = decode(path)
+        except PhotoRejected as e:
+            check.reason = e.reason
+        else:
+            import imagehash
+
+            image = decoded.image
+            check.usable = True
+            check.width, check.height, check.format, check.notes = image.width, image.height, decoded.format, decoded.notes
+            check.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+            check.phash = str(imagehash.phash(image))
+            faces = find_faces(image, doc.face_side, doc.min_face_score)
+            check.faces = len(faces)
+            check.sharpness = round(_photo_sharpness(image, faces), 1)
+            size = training_size(image.width, image.height, cfg.dataset.resolution, cfg.dataset.aspect)
+            check.training_size = size
+            _local_flags(check, path, size, doc)
+        checks.append(check)
+        faces_of.append(faces)
+        if on_photo:
+            on_photo(check)
+
+    duplicate_flags(checks, doc.near_duplicate_bits)
+    if reference is not None:
+        person, person_from = reference_face(reference, cfg).embedding, f"reference photo {reference.name}"
+    else:
+        person = pick_person(faces_of, doc.face_distance)
+        found = sum(any(face_distance(f.embedding, person) < doc.face_distance for f in fs) for fs in faces_of) if person is not None else 0
+        person_from = f"the face in most photos ({found})" if person is not None else "no face found in any photo"
+    for check, faces in zip(checks, faces_of):
+        if not check.usable or person is None or not faces:
+            continue
+        distances = [face_distance(f.embedding, person) for f in faces]
+        nearest = int(np.argmin(distances))
+        check.person_distance = round(distances[nearest], 3)
+        check.person = distances[nearest] < doc.face_distance
+        if check.person:
+            check.position = frame_position(faces[nearest], check.width)
+        else:
+            check.flags.append(f"person not found: {len(faces)} face(s), none within {doc.face_distance} of the person "
+                               f"(nearest {distances[nearest]:.2f})")
+    return DoctorReport(str(folder), person_from, checks)
+
+
+def _photo_sharpness(image, faces) -> float:
+    """Sharpness of the largest face (scaled to 64², so it does not depend on the photo's size), else of the
+    sharpest tile at 512 px."""
+    gray = image.convert("L")
+    if faces:
+        left, top, right, bottom = faces[0].box
+        crop = gray.crop((max(0, left), max(0, top), min(gray.width, right), min(gray.height, bottom)))
+        return sharpness(np.asarray(crop.resize((SHARPNESS_SIDE, SHARPNESS_SIDE))))
+    scale = min(1.0, 512 / max(gray.size))
+    small = gray.resize((max(8, round(gray.width * scale)), max(8, round(gray.height * scale))))
+    return tile_sharpness(np.asarray(small))
+
+
+def _local_flags(check: PhotoCheck, path: Path, size: tuple[int, int], doc) -> None:
+    """Flags one photo earns on its own (duplicates and identity need the whole folder)."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        check.flags.append(f"not used by training: rename it with one of {', '.join(sorted(IMAGE_SUFFIXES))}")
+    factor = upscale_factor(check.width, check.height, size)
+    if factor > 1.0:
+        check.flags.append(f"small: {check.width}x{check.height} is enlarged {factor:.1f}x to the training size "
+                           f"{size[0]}x{size[1]}; use a larger original")
+    if check.sharpness is not None and check.sharpness < doc.min_sharpness:
+        check.flags.append(f"blurry: sharpness {check.sharpness:.0f} < doctor.min_sharpness {doc.min_sharpness:g}")
+    if check.faces == 0:
+        check.flags.append("no face found")
