@@ -40,7 +40,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
     )
-    for noisy in ("diffusers", "transformers", "huggingface_hub", "httpx"):
+    for noisy in ("diffusers", "transformers", "huggingface_hub", "httpx", "httpx2", "openai"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if not verbose:
         warnings.filterwarnings("ignore", category=FutureWarning)
@@ -241,6 +241,68 @@ def ingest(
 
         raise ConfigError(f"none of the {len(report.photos)} files in {folder} can be used (reasons in {path}); "
                           "add photos Pillow can open (JPEG, PNG, WebP, HEIC)")
+
+
+@app.command()
+def caption(
+    run: Path = typer.Argument(..., help=RUN_HELP),
+    photos: Optional[Path] = PHOTOS_OPTION,
+    trigger: Optional[str] = TRIGGER_OPTION,
+    reference: Optional[str] = typer.Option(None, help="Reference photo sent first with every photo: a file or a photo's name (caption.reference)."),
+    provider: Optional[str] = typer.Option(None, help="xai, openai, gemini, ollama, vllm or custom (caption.provider)."),
+    model: Optional[str] = typer.Option(None, help="Vision model name (caption.model)."),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (caption.base_url)."),
+    concurrency: Optional[int] = typer.Option(None, help="Requests in flight at once (caption.concurrency)."),
+    env_file: Optional[Path] = typer.Option(None, help="A .env file to read the API key from (never written anywhere)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the requests, tokens and cost it would take; send nothing."),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Caption the photos with a vision-language model, a reference photo of the person sent first each time."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from lookalike.caption.agent import caption_stage
+    from lookalike.rundir import RunDir
+
+    overrides = list(set_ or [])
+    for key, value in (("reference", reference), ("provider", provider), ("model", model), ("base_url", base_url),
+                       ("concurrency", concurrency)):
+        if value is not None:
+            overrides.append(f"caption.{key}={json.dumps(value)}")
+    cfg = _prepare_run(run, photos, trigger, preset, config, overrides, training=False)
+    if dry_run:
+        report = caption_stage(cfg, RunDir(run), env_file, dry_run=True)
+        est = report.estimate
+        cost = (f"about ${est['cost_usd']:.4f}" if est["cost_usd"] is not None else
+                "unknown (set caption.price_in and caption.price_out, USD per million tokens)")
+        console.print(f"dry run: {est['requests']} request(s) to {report.endpoint.model} at {report.endpoint.base_url}; "
+                      f"about {est['input_tokens']} input and {est['output_tokens']} output tokens; cost {cost}. "
+                      f"{report.actions['cached']} cached, {report.actions['user']} with the user's own caption, "
+                      f"{report.actions['restore']} restored from the record. Nothing was sent.")
+        print(json.dumps(est))
+        return
+    columns = (TextColumn("captioning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("caption", total=None)
+        report = caption_stage(cfg, RunDir(run), env_file, on_photo=lambda _: bar.advance(task))
+    _print_captions(report)
+
+
+def _print_captions(report) -> None:
+    from rich.markup import escape
+
+    a = report.actions
+    console.print(f"[green]{len(report.records)} photos[/green]: {a['request']} sent to {report.endpoint.model} "
+                  f"({report.requests} requests, {report.usage['prompt_tokens']} input + "
+                  f"{report.usage['completion_tokens']} output tokens), {a['cached']} cached, {a['restore']} restored, "
+                  f"{a['user']} with the user's own caption; {report.seconds:.1f} s")
+    for record in report.flagged:
+        console.print(f"  [yellow]{escape(record.photo)}[/yellow]: {escape('; '.join(record.flags) or 'no caption')}")
+    console.print(f"review the captions: {report.review}")
+    print(report.review)
 
 
 @app.command()
