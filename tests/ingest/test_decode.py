@@ -87,3 +87,14 @@ def test_bad_files_are_rejected_with_a_reason(tmp_path):
         decode(bomb("giga.png", 100_000, 100_000))
     with pytest.raises(PhotoRejected, match=r"10000x8000 = 80 MP is over the 64 MP limit"):
         decode(bomb("big.png", 10_000, 8_000))
+
+
+def test_draft_decoding_is_smaller_but_keeps_the_true_size(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _noise(1600, 1200).save(tmp_path / "phone.jpg", exif=exif)  # stored landscape, upright portrait
+    full = decode(tmp_path / "phone.jpg")
+    quick = decode(tmp_path / "phone.jpg", draft_side=300)
+    assert full.image.size == full.full_size == (1200, 1600)
+    assert quick.full_size == (1200, 1600) and quick.image.size == (300, 400)  # 1/4 scale, still upright
+    assert decode(tmp_path / "phone.jpg", draft_side=4000).image.size == (1200, 1600)  # never enlarged

@@ -65,7 +65,8 @@ class CaptionReport:
     requests: int = 0  # chat requests sent this run (re-asks included)
     usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
     estimate: dict | None = None  # --dry-run: requests, tokens and cost
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole stage
+    request_seconds: float = 0.0  # from the first request sent to the last reply
     review: Path | None = None
 
     @property
@@ -140,7 +141,7 @@ def caption_photo(ctx: _Context, job: Job) -> Record:
 
     cc, rec = ctx.cc, Record(job.path.name, source=MODEL, key=job.key, usage={"prompt_tokens": 0, "completion_tokens": 0})
     try:
-        image = decode(job.path).image
+        image = decode(job.path, draft_side=cc.image_side).image
     except PhotoRejected as e:
         rec.flags.append(f"skipped: {e.reason}")
         return rec
@@ -310,11 +311,13 @@ def caption_stage(cfg, rd: RunDir, env_file: Path | None = None, dry_run: bool =
         key = api_key(ep, env_file)
         ctx = _Context(_client(ep, cc, key), ep, cc, trigger, system, "", Redactor(key))
         check_endpoint(ctx)
-        ref_jpeg, _ = jpeg_for_request(_decode_reference(reference), cc.image_side, cc.jpeg_quality)
+        ref_jpeg, _ = jpeg_for_request(_decode_reference(reference, cc.image_side), cc.image_side, cc.jpeg_quality)
         ctx.reference_url = data_url(ref_jpeg)
+        sending = time.time()
         try:
             _run_jobs(ctx, todo, store, on_photo)
         finally:  # a run stopped by the endpoint still leaves its review page and manifest
+            report.request_seconds = round(time.time() - sending, 2)
             report.requests = ctx.sent
             _finish(cfg, rd, report, jobs, todo, store, started)
     else:
@@ -335,10 +338,10 @@ def _client(ep: Endpoint, cc, key: str):
     return openai.OpenAI(base_url=ep.base_url, api_key=key, timeout=cc.timeout, max_retries=cc.retries)
 
 
-def _decode_reference(path: Path):
+def _decode_reference(path: Path, side: int):
     from lookalike.ingest.decode import decode
 
-    return decode(path).image
+    return decode(path, draft_side=side).image
 
 
 def _run_jobs(ctx: _Context, todo: list[Job], store: CaptionStore, on_photo) -> None:
@@ -378,7 +381,7 @@ def _finish(cfg, rd: RunDir, report: CaptionReport, jobs: list[Job], todo: list[
     rd.write_manifest(
         report.folder, STAGE, photos=cfg.dataset.photos, provider=report.endpoint.provider,
         base_url=report.endpoint.base_url, model=report.endpoint.model, actions=report.actions,
-        requests=report.requests, usage=report.usage, seconds=report.seconds,
+        requests=report.requests, usage=report.usage, seconds=report.seconds, request_seconds=report.request_seconds,
         flagged={r.photo: r.flags for r in report.flagged}, records=RECORDS, review=REVIEW,
     )
 

@@ -39,7 +39,7 @@ def thumbnail_url(path: Path) -> str | None:
     from lookalike.ingest.decode import PhotoRejected, decode
 
     try:
-        image = decode(path).image
+        image = decode(path, draft_side=THUMB_SIDE).image
     except PhotoRejected:
         return None
     image.thumbnail((THUMB_SIDE, THUMB_SIDE))

@@ -33,6 +33,7 @@ class Decoded:
     image: "PIL.Image.Image"  # noqa: F821
     format: str
     notes: list[str] = field(default_factory=list)  # e.g. "rotated by EXIF orientation 6", "CMYK -> RGB"
+    full_size: tuple[int, int] = (0, 0)  # upright (w, h) of the file, before any draft reduction
 
 
 def register_heif() -> None:
@@ -77,8 +78,13 @@ def _to_rgb(im, notes: list[str]):
     return im
 
 
-def decode(path: str | Path, max_pixels: int = MAX_PIXELS) -> Decoded:
-    """Open `path` as an upright 8-bit RGB image, or raise PhotoRejected with the reason."""
+def decode(path: str | Path, max_pixels: int = MAX_PIXELS, draft_side: int | None = None) -> Decoded:
+    """Open `path` as an upright 8-bit RGB image, or raise PhotoRejected with the reason.
+
+    With `draft_side`, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (in the DCT, so several times
+    faster) as long as its long side stays >= draft_side: for thumbnails, face detection and the
+    images sent to a captioning model, never for training.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -93,6 +99,9 @@ def decode(path: str | Path, max_pixels: int = MAX_PIXELS) -> Decoded:
                                               "limit (a decompression bomb, or a huge scan); resize it below the limit")
                 fmt = im.format or path.suffix.lstrip(".").upper()
                 notes = []
+                if draft_side is not None and max(w, h) > draft_side:
+                    k = draft_side / max(w, h)
+                    im.draft(None, (max(1, int(w * k) + 1), max(1, int(h * k) + 1)))
                 if getattr(im, "n_frames", 1) > 1:
                     notes.append(f"{im.n_frames} frames: the first is used")
                     im.seek(0)
@@ -101,7 +110,8 @@ def decode(path: str | Path, max_pixels: int = MAX_PIXELS) -> Decoded:
                 upright = ImageOps.exif_transpose(im)
                 if orientation not in (1, None):
                     notes.append(f"rotated upright (EXIF orientation {orientation})")
-                return Decoded(path, _to_rgb(upright, notes), fmt, notes)
+                full = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+                return Decoded(path, _to_rgb(upright, notes), fmt, notes, full)
     except PhotoRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -181,7 +181,7 @@ def reference_face(path: Path, cfg) -> "Face":  # noqa: F821
         raise ConfigError(f"caption.reference = {str(path)!r} not found; give a photo file, or the name of one of "
                           "the photos in dataset.photos")
     try:
-        image = decode(path).image
+        image = decode(path, draft_side=cfg.doctor.face_side).image
     except PhotoRejected as e:
         raise ConfigError(f"caption.reference = {str(path)!r} cannot be used: {e.reason}") from None
     faces = find_faces(image, cfg.doctor.face_side, cfg.doctor.min_face_score)
@@ -200,30 +200,32 @@ def examine(folder: str | Path, cfg, reference: Path | None = None,
 
     folder = check_folder(folder)
     doc = cfg.doctor
-    checks, faces_of = [], []
+    checks, faces_of, widths = [], [], []  # widths: of the (possibly draft-reduced) image the faces were found in
     for path in candidate_files(folder):
         check = PhotoCheck(path.name, usable=False)
-        faces = []
+        faces, width = [], 0
         try:
-            decoded = decode(path)
+            decoded = decode(path, draft_side=doc.face_side)
         except PhotoRejected as e:
             check.reason = e.reason
         else:
             import imagehash
 
             image = decoded.image
+            width = image.width
             check.usable = True
-            check.width, check.height, check.format, check.notes = image.width, image.height, decoded.format, decoded.notes
+            (check.width, check.height), check.format, check.notes = decoded.full_size, decoded.format, decoded.notes
             check.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
             check.phash = str(imagehash.phash(image))
             faces = find_faces(image, doc.face_side, doc.min_face_score)
             check.faces = len(faces)
             check.sharpness = round(_photo_sharpness(image, faces), 1)
-            size = training_size(image.width, image.height, cfg.dataset.resolution, cfg.dataset.aspect)
+            size = training_size(check.width, check.height, cfg.dataset.resolution, cfg.dataset.aspect)
             check.training_size = size
             _local_flags(check, path, size, doc)
         checks.append(check)
         faces_of.append(faces)
+        widths.append(width)
         if on_photo:
             on_photo(check)
 
@@ -234,7 +236,7 @@ def examine(folder: str | Path, cfg, reference: Path | None = None,
         person = pick_person(faces_of, doc.face_distance)
         found = sum(any(face_distance(f.embedding, person) < doc.face_distance for f in fs) for fs in faces_of) if person is not None else 0
         person_from = f"the face in most photos ({found})" if person is not None else "no face found in any photo"
-    for check, faces in zip(checks, faces_of):
+    for check, faces, width in zip(checks, faces_of, widths):
         if not check.usable or person is None or not faces:
             continue
         distances = [face_distance(f.embedding, person) for f in faces]
@@ -242,7 +244,7 @@ def examine(folder: str | Path, cfg, reference: Path | None = None,
         check.person_distance = round(distances[nearest], 3)
         check.person = distances[nearest] < doc.face_distance
         if check.person:
-            check.position = frame_position(faces[nearest], check.width)
+            check.position = frame_position(faces[nearest], width)
         else:
             check.flags.append(f"person not found: {len(faces)} face(s), none within {doc.face_distance} of the person "
                                f"(nearest {distances[nearest]:.2f})")
