@@ -108,3 +108,21 @@ def side_by_side(left, right):
     canvas.paste(left, (0, 0))
     canvas.paste(right, (left.width, 0))
     return canvas
+
+
+def png_bomb(path, width: int, height: int):
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb); returns the path."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4: ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17: ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr: ihdr + 17])))
+    path.write_bytes(bytes(data))
+    return path

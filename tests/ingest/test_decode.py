@@ -1,13 +1,12 @@
 """Decoding the files phone folders really hold, and refusing the ones that cannot be trained on."""
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import png_bomb
 from lookalike.ingest.decode import PhotoRejected, decode
 
 
@@ -73,20 +72,11 @@ def test_bad_files_are_rejected_with_a_reason(tmp_path):
 
     # Decompression bombs: tiny PNGs whose headers claim 10 gigapixels (Pillow's own guard) and
     # 80 megapixels (ours, below Pillow's); neither is decoded.
-    def bomb(name, w, h):
-        buf = io.BytesIO()
-        Image.new("L", (8, 8)).save(buf, "PNG")
-        data = bytearray(buf.getvalue())
-        ihdr = data.index(b"IHDR")
-        data[ihdr + 4: ihdr + 12] = struct.pack(">II", w, h)
-        data[ihdr + 17: ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr: ihdr + 17])))
-        (tmp_path / name).write_bytes(bytes(data))
-        return tmp_path / name
 
     with pytest.raises(PhotoRejected, match="decompression bomb, its pixels never decoded"):
-        decode(bomb("giga.png", 100_000, 100_000))
+        decode(png_bomb(tmp_path / "giga.png", 100_000, 100_000))
     with pytest.raises(PhotoRejected, match=r"10000x8000 = 80 MP is over the 64 MP limit"):
-        decode(bomb("big.png", 10_000, 8_000))
+        decode(png_bomb(tmp_path / "big.png", 10_000, 8_000))
 
 
 def test_draft_decoding_is_smaller_but_keeps_the_true_size(tmp_path):

@@ -2,14 +2,12 @@
 
 import io
 import json
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from helpers import astronaut, grace_hopper, run_cli, side_by_side
+from helpers import astronaut, grace_hopper, png_bomb, run_cli, side_by_side
 from lookalike.config import load_config
 from lookalike.ingest.doctor import (
     PhotoCheck, duplicate_flags, hamming, pick_person, sharpness, tile_sharpness, upscale_factor,
@@ -77,16 +75,6 @@ def _jpeg(image, quality):
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
-def _bomb(path, w, h):
-    buf = io.BytesIO()
-    Image.new("L", (8, 8)).save(buf, "PNG")
-    data = bytearray(buf.getvalue())
-    i = data.index(b"IHDR")
-    data[i + 4: i + 12] = struct.pack(">II", w, h)
-    data[i + 17: i + 21] = struct.pack(">I", zlib.crc32(bytes(data[i: i + 17])))
-    path.write_bytes(bytes(data))
-
-
 def messy_folder(folder):
     """The files a phone export and a helpful friend produce: good photos and every kind of bad one."""
     folder.mkdir()
@@ -113,7 +101,7 @@ def messy_folder(folder):
     a.save(buf, "JPEG")
     (folder / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     (folder / "notes.jpg").write_text("not a photo")
-    _bomb(folder / "bomb.png", 100_000, 100_000)
+    png_bomb(folder / "bomb.png", 100_000, 100_000)
     (folder / "arthur.txt").write_text("Arthur smiling")  # a caption sidecar is not a photo
     return folder
 

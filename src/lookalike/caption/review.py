@@ -6,9 +6,7 @@ be mailed to someone. The trigger word is highlighted; flagged photos come first
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 
 THUMB_SIDE = 256
@@ -36,16 +34,14 @@ document.body.dataset.thumbnails=ok+'/'+imgs.length;});
 
 def thumbnail_url(path: Path) -> str | None:
     """A small JPEG data URL of the upright photo, or None when it cannot be decoded."""
+    from lookalike.caption.prompt import data_url, jpeg_for_request
     from lookalike.ingest.decode import PhotoRejected, decode
 
     try:
         image = decode(path, draft_side=THUMB_SIDE).image
     except PhotoRejected:
         return None
-    image.thumbnail((THUMB_SIDE, THUMB_SIDE))
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return data_url(jpeg_for_request(image, THUMB_SIDE, 80)[0])
 
 
 def _caption_html(caption: str | None, trigger: str) -> str:

@@ -194,6 +194,8 @@ def reference_face(path: Path, cfg) -> "Face":  # noqa: F821
 def examine(folder: str | Path, cfg, reference: Path | None = None,
             on_photo: Callable[[PhotoCheck], None] | None = None) -> DoctorReport:
     """Check every file of `folder` with the settings of `cfg` (dataset.resolution/aspect, doctor.*)."""
+    import imagehash
+
     from lookalike.data.buckets import training_size
     from lookalike.ingest.decode import PhotoRejected, decode
     from lookalike.ingest.faces import face_distance, find_faces, frame_position
@@ -209,8 +211,6 @@ def examine(folder: str | Path, cfg, reference: Path | None = None,
         except PhotoRejected as e:
             check.reason = e.reason
         else:
-            import imagehash
-
             image = decoded.image
             width = image.width
             check.usable = True
