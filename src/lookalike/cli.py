@@ -366,6 +366,103 @@ def twin(
     console.print(f"[green]saved the tiny twin to[/green] {folder} (also {folder / SINGLE_FILE_NAME})")
 
 
+@app.command()
+def demo(
+    run: Optional[Path] = typer.Argument(None, help="Run directory for the demo (default: runs/demo/<time>)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    seeds: int = typer.Option(4, help="Seeds per prompt in the metric suite."),
+) -> None:
+    """Teach the toy FLUX who Arthur is on the CPU: his photos, training, progress GIFs and the metrics table."""
+    from lookalike.rundir import RunDir
+    from lookalike.toy.demo import run_demo
+    from lookalike.toy.pretrain import quiet_text_libraries
+
+    _quiet_libraries()
+    quiet_text_libraries()
+    folder = run if run is not None else RunDir("runs").new_stage_folder("demo")
+    if (folder / "train" / "resume").exists():
+        raise LookalikeError(f"{folder} already holds a demo run; give a new folder (nothing was deleted)")
+    console.print(f"toy world demo in {folder}: Arthur's photos, LoRA training on the toy FLUX, then the metrics")
+    result = run_demo(folder, list(set_ or []), suite_size=(10, 10, seeds))
+    console.print(result["table"], markup=False, highlight=False)
+    console.print(f"training {result['train_seconds']:.0f} s ({result['steps']} steps), sampling "
+                  f"{result['sampling_seconds']:.0f} s ({result['images']} images), {result['total_seconds']:.0f} s in all")
+    console.print(f"photos: {folder / 'photos'}\nprogress GIFs and previews: {folder / 'train'}\n"
+                  f"LoRA: {result['lora_file']}\nsuite images and metrics: {folder / 'demo'}")
+    print(folder / "demo" / "metrics.md")
+
+
+toy_app = typer.Typer(help="The toy world: rebuild its pretrained model and scorer, or render scenes.",
+                      no_args_is_help=True)
+app.add_typer(toy_app, name="toy")
+
+
+@toy_app.command("scenes")
+def toy_scenes(
+    folder: Path = typer.Argument(..., help="Where to write the PNGs and their .txt captions."),
+    count: int = typer.Option(40, "--count", "-n", help="How many scenes."),
+    arthur: bool = typer.Option(False, help="Scenes with Arthur (his photos), captioned like the seed."),
+    seed: int = typer.Option(0, help="Same seed, same scenes."),
+) -> None:
+    """Render toy scenes with their captions (Arthur's photos with --arthur)."""
+    from lookalike.toy.demo import write_dataset
+    from lookalike.toy.scenes import caption, render, scene_stream
+
+    if arthur:
+        paths = write_dataset(folder, count, seed)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, scene in enumerate(scene_stream(seed, count)):
+            paths.append(folder / f"scene-{i:04d}.png")
+            render(scene).save(paths[-1])
+            paths[-1].with_suffix(".txt").write_text(caption(scene) + "\n", encoding="utf-8")
+    console.print(f"[green]wrote {len(paths)} scenes with captions to[/green] {folder}")
+
+
+@toy_app.command("pretrain")
+def toy_pretrain(
+    out: Path = typer.Argument(..., help="Folder for the pretrained FluxPipeline (the shipped one: src/lookalike/toy/flux)."),
+    steps: int = typer.Option(3500, help="Transformer training steps (batch 32)."),
+    vae_steps: int = typer.Option(1500, help="VAE training steps (batch 16)."),
+    scenes: int = typer.Option(24000, help="Scenes rendered for training."),
+    seed: int = typer.Option(0, help="Seed of the weights and of the scenes."),
+    lr: float = typer.Option(7e-4, help="Peak learning rate of the transformer."),
+    start: Optional[Path] = typer.Option(None, "--from", help="Continue the transformer of an earlier pretrain folder."),
+) -> None:
+    """Reproduce the toy FLUX: train its VAE and transformer on generated scenes (about 45 min on 2 cores)."""
+    from lookalike.rundir import write_json_atomic
+    from lookalike.toy.pretrain import PretrainSettings, pretrain
+
+    _quiet_libraries()
+    settings = PretrainSettings(seed=seed, scenes=scenes, vae_steps=vae_steps, steps=steps, lr=lr)
+    report = pretrain(out, settings, progress=console.print, start=start)
+    write_json_atomic(out / "pretrain.json", report)
+
+
+@toy_app.command("scorer")
+def toy_scorer(
+    out: Optional[Path] = typer.Option(None, help="Weights file (default: the shipped lookalike/toy/scorer.safetensors)."),
+    steps: int = typer.Option(3000, help="Training steps (batch 64)."),
+    evaluate_only: bool = typer.Option(False, "--evaluate", help="Only measure the existing scorer's accuracy."),
+) -> None:
+    """Train the toy scorer (a few minutes) and report its accuracy on 2000 held-out scenes."""
+    import json
+
+    from lookalike.toy import scorer as toy_scorer_module
+
+    path = out or toy_scorer_module.SCORER_FILE
+    if evaluate_only:
+        scorer = toy_scorer_module.Scorer.load(path)
+    else:
+        scorer = toy_scorer_module.Scorer(toy_scorer_module.train(steps=steps, progress=console.print))
+        scorer.save(path)
+    held_out = toy_scorer_module.training_scenes(seed=12345, n=2000)
+    report = {kind: toy_scorer_module.evaluate(scorer, held_out, degraded=kind == "degraded")
+              for kind in ("clean", "degraded")}
+    print(json.dumps(report, indent=1))
+
+
 @app.command("config")
 def show_config(
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP),

@@ -5,7 +5,8 @@ A model source is one of:
   * a local diffusers folder (the layout `save_pretrained` writes, with model_index.json),
   * a single `.safetensors` transformer file such as ComfyUI's `flux1-dev.safetensors`; the VAE,
     text encoders, tokenizers and scheduler then come from `model.components`,
-  * `lookalike:tiny-twin`, the seeded random-weight twin (built on first use).
+  * `lookalike:tiny-twin`, the seeded random-weight twin (built on first use),
+  * `lookalike:toy`, the pretrained toy FLUX shipped in the package (`lookalike.toy`): a folder.
 
 Every kind is first resolved to a local folder (a hub id through the hub cache), then loaded with
 diffusers' own `from_pretrained` / `from_single_file`. Only the parts a stage needs are fetched and
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_COMPONENTS = "black-forest-labs/FLUX.1-dev"
 TWIN_SOURCE = "lookalike:tiny-twin"
+TOY_SOURCE = "lookalike:toy"
 PIPELINE_CLASSES = {"FluxPipeline"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 ALL_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
@@ -49,6 +51,15 @@ def resolve_source(source: str, components: str | None = None, revision: str | N
     """Classify `model.source` without loading anything. Raises ModelLoadError for a missing path."""
     if source == TWIN_SOURCE:
         return ModelSource("twin", source)
+    if source == TOY_SOURCE:
+        from lookalike.toy import TOY_FOLDER
+
+        if not (TOY_FOLDER / "model_index.json").exists():
+            raise ModelLoadError(
+                f"model.source = {source!r}: the toy model's weights are missing from {TOY_FOLDER}; "
+                "reinstall lookalike, or rebuild them with `lookalike toy pretrain`"
+            )
+        return ModelSource("folder", str(TOY_FOLDER))
     path = Path(source).expanduser()
     if path.is_dir():
         return ModelSource("folder", str(path), components=None)

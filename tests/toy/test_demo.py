@@ -1,0 +1,58 @@
+"""The demo end to end, cheaply: a change that breaks learning (LoRA, loss, data, sampler) fails here.
+
+The README's `lookalike demo` trains 500 steps and draws 160 images; this trains fewer steps on the
+same photos and scores a smaller suite, with looser thresholds.
+"""
+
+import json
+
+import pytest
+
+from helpers import run_cli
+from lookalike.toy.demo import run_demo, write_dataset
+
+
+@pytest.mark.slow
+def test_short_demo_learns_arthur_and_keeps_the_rest(tmp_path):
+    run = tmp_path / "demo"
+    result = run_demo(run, ["train.epochs=60", "train.sample_every=30", "train.checkpoint_every=1000"],
+                      suite_size=(4, 6, 2))
+    base, lora, kept = result["base"], result["lora"], result["preservation"]
+    assert base["likeness"] <= 0.1, result  # words alone cannot draw him
+    assert lora["likeness"] >= base["likeness"] + 0.3, result  # 300 steps: he starts to appear
+    assert kept["agreement"] >= 0.7, result
+    assert lora["prompt_following"] >= 0.6, result
+    # what the user is told to look at exists
+    saved = json.loads((run / "demo" / "metrics.json").read_text())
+    assert saved["lora"]["likeness"] == lora["likeness"] and saved["steps"] == 300
+    assert "| likeness" in (run / "demo" / "metrics.md").read_text()
+    assert len(list((run / "train").glob("progress-*.gif"))) == 2
+    assert (run / "demo" / "lora" / "trigger-grid.png").is_file()
+    assert (run / "train" / "lora.safetensors").is_file()
+
+
+def test_dataset_is_arthur_captioned_like_the_seed(tmp_path):
+    from PIL import Image
+
+    paths = write_dataset(tmp_path / "photos", n=12)
+    assert len(paths) == 12
+    captions = [p.with_suffix(".txt").read_text().strip() for p in paths]
+    assert all(c.startswith("Arthur") for c in captions)
+    assert any(" and a " in c for c in captions)  # sometimes with others, mentioned after him
+    assert {c.rsplit(", ", 1)[1] for c in captions} > {"on a beach"}  # varied places
+    with Image.open(paths[0]) as im:
+        assert im.size == (64, 64)
+
+
+def test_demo_refuses_a_folder_that_already_trained(tmp_path):
+    (tmp_path / "run" / "train" / "resume").mkdir(parents=True)
+    result = run_cli(["demo", tmp_path / "run"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "already holds a demo run" in result.stderr and "new folder" in result.stderr
+
+
+def test_toy_scenes_command_writes_captioned_pngs(tmp_path):
+    result = run_cli(["toy", "scenes", tmp_path / "out", "-n", "3", "--seed", "4"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    pngs = sorted((tmp_path / "out").glob("*.png"))
+    assert len(pngs) == 3 and all(p.with_suffix(".txt").read_text().strip() for p in pngs)
