@@ -84,7 +84,7 @@ def test_defaults_are_the_seed_table():
 def test_presets_ship_in_the_package():
     assert PRESETS_DIR.is_dir()
     assert PRESETS_DIR.parent == Path(sys.modules["lookalike"].__file__).parent
-    assert preset_names() == ["flux1-dev", "tiny"]
+    assert preset_names() == ["flux1-dev", "tiny", "toy"]
 
 
 def test_flux1_dev_preset_spells_out_the_seed_table():

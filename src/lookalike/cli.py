@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-PRESET_HELP = "Preset to start from: flux1-dev (the real model, GPU) or tiny (random-weight twin, CPU)."
+PRESET_HELP = "Preset to start from: flux1-dev (the real model, GPU), tiny (random-weight twin, CPU) or toy (the pretrained toy FLUX, CPU)."
 CONFIG_HELP = "A run config YAML; its values override the preset's."
 SET_HELP = "Override one setting, e.g. --set generate.steps=20 (repeatable)."
 

@@ -43,18 +43,12 @@ def vocabulary() -> list[str]:
 
 
 def build_tokenizers():
-    """CLIP (byte-level characters) and T5 (whole words, characters as fallback) tokenizers, in memory."""
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPTokenizer, T5Tokenizer
+    """CLIP (byte-level characters, the twin's) and T5 (whole words, characters as fallback), in memory."""
+    from transformers import T5Tokenizer
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(alphabet)}
-    for c in alphabet:
-        vocab[c + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    clip = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    from lookalike.models.twin import build_tokenizers as twin_tokenizers
 
+    clip, _ = twin_tokenizers()
     chars = [c for c in string.printable if not c.isspace()]
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     pieces += [(c, -8.0) for c in chars] + [("\u2581" + c, -7.0) for c in chars]
