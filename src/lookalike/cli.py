@@ -204,6 +204,8 @@ def _prepare_run(run: Path, photos, trigger, preset, config, overrides, resume: 
         )
     if cfg.dataset.photos and not Path(cfg.dataset.photos).is_absolute():
         cfg.dataset.photos = str(Path(cfg.dataset.photos).resolve())
+    if cfg.dataset.grounding and not Path(cfg.dataset.grounding).is_absolute():
+        cfg.dataset.grounding = str(Path(cfg.dataset.grounding).resolve())
     save_config(cfg, rd.config_path)
     return cfg
 
@@ -371,6 +373,7 @@ def demo(
     run: Optional[Path] = typer.Argument(None, help="Run directory for the demo (default: runs/demo/<time>)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     seeds: int = typer.Option(4, help="Seeds per prompt in the metric suite."),
+    others: int = typer.Option(0, help="Also train on this many captioned scenes of other people (dataset.grounding)."),
 ) -> None:
     """Teach the toy FLUX who Arthur is on the CPU: his photos, training, progress GIFs and the metrics table."""
     from lookalike.rundir import RunDir
@@ -383,7 +386,7 @@ def demo(
     if (folder / "train" / "resume").exists():
         raise LookalikeError(f"{folder} already holds a demo run; give a new folder (nothing was deleted)")
     console.print(f"toy world demo in {folder}: Arthur's photos, LoRA training on the toy FLUX, then the metrics")
-    result = run_demo(folder, list(set_ or []), suite_size=(10, 10, seeds))
+    result = run_demo(folder, list(set_ or []), suite_size=(10, 10, seeds), others=others)
     console.print(result["table"], markup=False, highlight=False)
     console.print(f"training {result['train_seconds']:.0f} s ({result['steps']} steps), sampling "
                   f"{result['sampling_seconds']:.0f} s ({result['images']} images), {result['total_seconds']:.0f} s in all")

@@ -89,3 +89,22 @@ def test_bad_datasets_are_refused_before_any_model_loads(tmp_path, caplog):
     (photos / "IMG_0000.txt").write_text("Arthurian legend")
     with pytest.raises(ConfigError, match="do not contain the trigger word"):
         build_cache(_cfg(photos, "dataset.trigger=Arthur"), run)
+
+
+def test_grounding_photos_train_beside_the_person_and_are_never_held_out(tmp_path):
+    photos = make_photos(tmp_path / "photos", 3)
+    others = make_photos(tmp_path / "others", 2, trigger="Bob")
+    run = RunDir(tmp_path / "run")
+    cfg = _cfg(photos, f"dataset.grounding={others}", "dataset.holdout=1", "train.batch_size=2")
+    assert build_cache(cfg, run).items == 5
+    index = json.loads((run.root / "cache" / "index.json").read_text())
+    assert [it["grounding"] for it in index["items"]] == [False] * 3 + [True] * 2
+    assert sum(it["holdout"] for it in index["items"][:3]) == 1 and not any(it["holdout"] for it in index["items"][3:])
+    assert len(load_cache(run).train) == 4
+    assert RunDir.read_manifest(run.root / "cache")["grounding_items"] == 2
+
+    (others / "IMG_0000.txt").write_text("Arthur on a beach")
+    with pytest.raises(ConfigError, match=r"dataset.grounding = .* name the person 'Arthur' \(IMG_0000.txt\).*remove"):
+        build_cache(cfg, run)
+    with pytest.raises(ConfigError, match=r"dataset.grounding = .*nowhere.* is not a folder"):
+        build_cache(_cfg(photos, f"dataset.grounding={tmp_path / 'nowhere'}"), run)

@@ -56,3 +56,12 @@ def test_toy_scenes_command_writes_captioned_pngs(tmp_path):
     assert result.returncode == 0, result.stderr
     pngs = sorted((tmp_path / "out").glob("*.png"))
     assert len(pngs) == 3 and all(p.with_suffix(".txt").read_text().strip() for p in pngs)
+
+
+def test_others_are_captioned_without_arthur_and_load_as_grounding(tmp_path):
+    from lookalike.data.photos import find_grounding
+    from lookalike.toy.demo import write_others
+
+    write_others(tmp_path / "others", 6)
+    found = find_grounding(tmp_path / "others", "Arthur")
+    assert len(found) == 6 and not any("Arthur" in p.caption for p in found)

@@ -140,6 +140,12 @@ class DatasetConfig(_Section):
         description="buckets: crop each photo to the nearest of several aspect ratios of about resolution² pixels "
         "(keeps heads in 3:4 phone photos); square: centre crop to resolution² (the write-up)",
     )
+    grounding: str | None = Field(
+        None,
+        description="folder of captioned photos of *other* people (captions without the trigger), trained on "
+        "beside the person's photos so that prompts without the trigger keep drawing others (against "
+        "'everyone looks like me')",
+    )
     missing_trigger: Literal["refuse", "warn"] = Field(
         "refuse", description="captions that do not contain the trigger word: refuse to train, or warn and go on"
     )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lookalike.data.buckets import fit, training_size
-from lookalike.data.photos import Photo, find_photos, load_rgb
+from lookalike.data.photos import Photo, find_grounding, find_photos, load_rgb
 from lookalike.errors import ConfigError
 from lookalike.rundir import RunDir, write_json_atomic
 
@@ -93,16 +93,20 @@ class CacheReport:
     reused: int
 
 
-def _plan(cfg, photos: list[Photo], model: str, dtype: str) -> dict:
-    """The index to write: one entry per photo, plus the empty caption and the preview prompts."""
+def _plan(cfg, photos: list[Photo], model: str, dtype: str, grounding: int = 0) -> dict:
+    """The index to write: one entry per photo, plus the empty caption and the preview prompts.
+
+    The last `grounding` photos are grounding photos (other people): never held out, marked in the index.
+    """
     msl = cfg.dataset.max_sequence_length
-    held = split_holdout(len(photos), cfg.dataset.holdout, cfg.runtime.seed)
+    held = split_holdout(len(photos) - grounding, cfg.dataset.holdout, cfg.runtime.seed)
     items = []
     for i, p in enumerate(photos):
         size = training_size(*upright_size(p.path), cfg.dataset.resolution, cfg.dataset.aspect)
         sha = hashlib.sha256(p.path.read_bytes()).hexdigest()
         items.append({
             "photo": str(p.path), "caption": p.caption, "size": list(size), "holdout": i in held,
+            "grounding": i >= len(photos) - grounding,
             "latent": latent_key(sha, size, model, dtype), "text": text_key(p.caption, model, dtype, msl),
         })
     prompts = preview_prompts(cfg)
@@ -144,11 +148,13 @@ def build_cache(cfg, run: RunDir) -> CacheReport:
     from lookalike.runtime import training_runtime
 
     photos = find_photos(cfg.dataset.photos, cfg.dataset.trigger, cfg.dataset.missing_trigger)
+    grounding = find_grounding(cfg.dataset.grounding, cfg.dataset.trigger)
+    photos += grounding
     check_dataset_size(len(photos), cfg)
     source = model_source(cfg.model)
     runtime = training_runtime(cfg)
     dtype_name = str(runtime.dtype).removeprefix("torch.")
-    index = _plan(cfg, photos, source_identity(source), dtype_name)
+    index = _plan(cfg, photos, source_identity(source), dtype_name, grounding=len(grounding))
     folder = run.stage(STAGE)
     texts = {it["text"]: it["caption"] for it in index["items"]}
     texts[index["empty"]] = ""
@@ -163,6 +169,7 @@ def build_cache(cfg, run: RunDir) -> CacheReport:
     report = CacheReport(folder, len(index["items"]), len(todo_latents), n_texts,
                          len(index["items"]) - len(todo_latents))
     run.write_manifest(folder, STAGE, photos=str(cfg.dataset.photos), items=report.items,
+                       grounding=str(cfg.dataset.grounding) if grounding else None, grounding_items=len(grounding),
                        latents_encoded=report.latents_encoded, texts_encoded=n_texts, model=cfg.model.source,
                        dtype=dtype_name, held_out=sum(it["holdout"] for it in index["items"]))
     log.info("cache: %d photos; encoded %d latents and %d texts, reused %d latents (%s)",

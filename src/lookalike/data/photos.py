@@ -40,14 +40,40 @@ def find_photos(folder: str | Path | None, trigger: str, missing_trigger: str = 
     """
     if folder is None:
         raise ConfigError("dataset.photos is not set: give the folder of photos, e.g. --photos ~/photos/arthur")
+    photos = read_captioned_folder(folder, "dataset.photos", "the folder of the person's photos")
+    _check_trigger(photos, trigger, missing_trigger, Path(folder).expanduser())
+    return photos
+
+
+def find_grounding(folder: str | Path | None, trigger: str) -> list[Photo]:
+    """The grounding photos (other people, captioned without the trigger), or [] when none are set.
+
+    A caption that names the person is refused: it would teach the name from someone else's face.
+    """
+    if folder is None:
+        return []
+    photos = read_captioned_folder(folder, "dataset.grounding", "a folder of captioned photos of other people")
+    naming = [p.path.with_suffix(".txt").name for p in photos if has_trigger(p.caption, trigger)]
+    if naming:
+        raise ConfigError(
+            f"{len(naming)} caption(s) in dataset.grounding = {str(folder)!r} name the person {trigger!r} "
+            f"({', '.join(naming[:3])}); grounding photos show other people: remove {trigger!r} from those "
+            "captions, or move those photos to dataset.photos"
+        )
+    return photos
+
+
+def read_captioned_folder(folder: str | Path, setting: str, what: str) -> list[Photo]:
+    """Images of `folder` sorted by name, each with the caption of the .txt beside it; `setting` names
+    the config key in errors and `what` says what the folder should hold."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise ConfigError(f"dataset.photos = {str(folder)!r} is not a folder; give the folder of the person's photos")
+        raise ConfigError(f"{setting} = {str(folder)!r} is not a folder; give {what}")
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
         raise ConfigError(
-            f"dataset.photos = {str(folder)!r} holds no photos ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-            "point it at the folder with the person's photos"
+            f"{setting} = {str(folder)!r} holds no photos ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+            f"point it at {what}"
         )
     uncaptioned = [p.name for p in images if not p.with_suffix(".txt").is_file()]
     if uncaptioned:
@@ -60,7 +86,6 @@ def find_photos(folder: str | Path | None, trigger: str, missing_trigger: str = 
     empty = [p.path.with_suffix(".txt").name for p in photos if not p.caption]
     if empty:
         raise ConfigError(f"{len(empty)} caption file(s) in {folder} are empty: {', '.join(empty[:5])}; write a caption in each")
-    _check_trigger(photos, trigger, missing_trigger, folder)
     return photos
 
 

@@ -40,6 +40,21 @@ def write_dataset(folder: Path, n: int = PHOTOS, seed: int = DATASET_SEED, trigg
     return paths
 
 
+def write_others(folder: Path, n: int, seed: int = DATASET_SEED) -> list[Path]:
+    """n captioned scenes of other people (no Arthur): grounding photos for `dataset.grounding`."""
+    from lookalike.caption.store import write_text_atomic
+    from lookalike.toy.scenes import caption, random_scene, render
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        scene = random_scene(random.Random(f"others:{seed}:{i}"))
+        paths.append(folder / f"other-{i:03d}.png")
+        render(scene).save(paths[-1])
+        write_text_atomic(paths[-1].with_suffix(".txt"), caption(scene) + "\n")
+    return paths
+
+
 @dataclass
 class Drawn:
     """The suite drawn by one model: images and scorer readings, plain prompts then trigger prompts."""
@@ -106,8 +121,12 @@ def demo_config(photos: Path, overrides: list[str]):
     return cfg
 
 
-def run_demo(run: Path, overrides: list[str] | None = None, suite_size: tuple[int, int, int] = (10, 10, 4)) -> dict:
-    """Dataset, cache, train, then the metric suite base vs LoRA. Returns what metrics.json holds."""
+def run_demo(run: Path, overrides: list[str] | None = None, suite_size: tuple[int, int, int] = (10, 10, 4),
+             others: int = 0) -> dict:
+    """Dataset, cache, train, then the metric suite base vs LoRA. Returns what metrics.json holds.
+
+    With `others`, that many captioned scenes of other people go to RUN/others as `dataset.grounding`.
+    """
     from lookalike.config import save_config
     from lookalike.data.cache import build_cache
     from lookalike.rundir import RunDir, write_json_atomic
@@ -118,6 +137,9 @@ def run_demo(run: Path, overrides: list[str] | None = None, suite_size: tuple[in
     started = time.time()
     cfg = demo_config(run / "photos", list(overrides or []))
     write_dataset(run / "photos", trigger=cfg.dataset.trigger)
+    if others:
+        write_others(run / "others", others)
+        cfg.dataset.grounding = str((run / "others").resolve())
     save_config(cfg, rd.config_path)
     build_cache(cfg, rd)
     t = time.time()
@@ -129,7 +151,7 @@ def run_demo(run: Path, overrides: list[str] | None = None, suite_size: tuple[in
     result = evaluate_lora(cfg, report.lora, suite, folder)
     result.update(steps=report.steps, train_seconds=round(train_seconds, 1),
                   total_seconds=round(time.time() - started, 1), lora_file=str(report.lora),
-                  suite={"plain": plain, "trigger": trigger, "seeds": seeds})
+                  suite={"plain": plain, "trigger": trigger, "seeds": seeds}, others=others)
     table = markdown_table(result["base"], result["lora"], result["preservation"])
     write_json_atomic(folder / "metrics.json", result)
     (folder / "metrics.md").write_text(table + "\n", encoding="utf-8")
