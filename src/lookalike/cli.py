@@ -408,18 +408,10 @@ def toy_scenes(
     seed: int = typer.Option(0, help="Same seed, same scenes."),
 ) -> None:
     """Render toy scenes with their captions (Arthur's photos with --arthur)."""
-    from lookalike.toy.demo import write_dataset
-    from lookalike.toy.scenes import caption, render, scene_stream
+    from lookalike.toy.demo import write_dataset, write_scenes
+    from lookalike.toy.scenes import scene_stream
 
-    if arthur:
-        paths = write_dataset(folder, count, seed)
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i, scene in enumerate(scene_stream(seed, count)):
-            paths.append(folder / f"scene-{i:04d}.png")
-            render(scene).save(paths[-1])
-            paths[-1].with_suffix(".txt").write_text(caption(scene) + "\n", encoding="utf-8")
+    paths = write_dataset(folder, count, seed) if arthur else write_scenes(folder, scene_stream(seed, count), "scene")
     console.print(f"[green]wrote {len(paths)} scenes with captions to[/green] {folder}")
 
 

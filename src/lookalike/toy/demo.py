@@ -24,35 +24,35 @@ DATASET_SEED = 7
 PHOTOS = 40
 
 
-def write_dataset(folder: Path, n: int = PHOTOS, seed: int = DATASET_SEED, trigger: str = "Arthur") -> list[Path]:
-    """Arthur's 'phone photos': n scenes with him, each a PNG with its caption beside it."""
+def write_scenes(folder: Path, scenes, prefix: str, trigger: str = "Arthur") -> list[Path]:
+    """Each scene as `folder/<prefix>-NNN.png` (numbers as wide as needed to sort) with its caption beside it."""
     from lookalike.caption.store import write_text_atomic
-    from lookalike.toy.scenes import caption, random_scene, render
+    from lookalike.toy.scenes import caption, render
 
+    scenes = list(scenes)
+    width = max(3, len(str(len(scenes) - 1)))
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i in range(n):
-        scene = random_scene(random.Random(f"arthur:{seed}:{i}"), arthur=True)
-        path = folder / f"arthur-{i:03d}.png"
-        render(scene).save(path)
-        write_text_atomic(path.with_suffix(".txt"), caption(scene, trigger) + "\n")
-        paths.append(path)
+    for i, scene in enumerate(scenes):
+        paths.append(folder / f"{prefix}-{i:0{width}d}.png")
+        render(scene).save(paths[-1])
+        write_text_atomic(paths[-1].with_suffix(".txt"), caption(scene, trigger) + "\n")
     return paths
+
+
+def write_dataset(folder: Path, n: int = PHOTOS, seed: int = DATASET_SEED, trigger: str = "Arthur") -> list[Path]:
+    """Arthur's 'phone photos': n scenes with him, each a PNG with its caption beside it."""
+    from lookalike.toy.scenes import random_scene
+
+    scenes = [random_scene(random.Random(f"arthur:{seed}:{i}"), arthur=True) for i in range(n)]
+    return write_scenes(folder, scenes, "arthur", trigger)
 
 
 def write_others(folder: Path, n: int, seed: int = DATASET_SEED) -> list[Path]:
     """n captioned scenes of other people (no Arthur): grounding photos for `dataset.grounding`."""
-    from lookalike.caption.store import write_text_atomic
-    from lookalike.toy.scenes import caption, random_scene, render
+    from lookalike.toy.scenes import random_scene
 
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        scene = random_scene(random.Random(f"others:{seed}:{i}"))
-        paths.append(folder / f"other-{i:03d}.png")
-        render(scene).save(paths[-1])
-        write_text_atomic(paths[-1].with_suffix(".txt"), caption(scene) + "\n")
-    return paths
+    return write_scenes(folder, [random_scene(random.Random(f"others:{seed}:{i}")) for i in range(n)], "other")
 
 
 @dataclass

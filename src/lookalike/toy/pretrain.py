@@ -44,7 +44,7 @@ class PretrainSettings:
 
 
 def render_scenes(seed: int, n: int, arthur_share: float = 0.0):
-    """n scenes -> (uint8 images [N, 3, 64, 64], captions, scenes)."""
+    """n scenes -> (uint8 images [N, 3, 64, 64], captions)."""
     import numpy as np
     import torch
 
@@ -52,7 +52,7 @@ def render_scenes(seed: int, n: int, arthur_share: float = 0.0):
 
     scenes = list(scene_stream(seed, n, arthur_share))
     pixels = np.stack([np.asarray(render(s)) for s in scenes])
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), [caption(s) for s in scenes], scenes
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), [caption(s) for s in scenes]
 
 
 def to_unit(images):
@@ -197,11 +197,11 @@ def pretrain(out: Path, s: PretrainSettings = PretrainSettings(), progress=None,
     say = progress or log.info
     quiet_text_libraries()
     started = time.time()
-    images, captions, scenes = render_scenes(s.seed, s.scenes, arthur_share=0.0)
+    images, captions = render_scenes(s.seed, s.scenes, arthur_share=0.0)
     vae_loss, vae_seconds = None, 0.0
     if start is None:
         pipe = build_toy(s.seed)
-        arthur_images, _, _ = render_scenes(s.seed + 1000, int(s.scenes * s.vae_arthur_share), arthur_share=1.0)
+        arthur_images, _ = render_scenes(s.seed + 1000, int(s.scenes * s.vae_arthur_share), arthur_share=1.0)
         say(f"rendered {len(images) + len(arthur_images)} scenes in {time.time() - started:.0f} s")
         t = time.time()
         vae_loss = train_vae(pipe.vae, torch.cat([images, arthur_images]), s, progress=say)

@@ -16,7 +16,7 @@ about him (glasses, sunglasses, beard), where he stands, the others, the place.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 # Drawing units: the scene is laid out on a 64 x 64 grid and drawn at any size.
 UNITS = 64
@@ -152,6 +152,14 @@ def _background(draw, rng: random.Random, kind: str, u) -> None:
     def box(x0, y0, x1, y1, colour):
         draw.rectangle([u(x0), u(y0), u(x1) - 1, u(y1) - 1], fill=colour)
 
+    def sky_and_ground(horizon, sky, ground, specks, x_max, y_range, w, h, colour):
+        """Sky above `horizon`, ground below, and `specks` small boxes scattered at random."""
+        box(0, 0, 64, horizon, sky)
+        box(0, horizon, 64, 64, ground)
+        for _ in range(specks):
+            x, y = rng.uniform(0, x_max), rng.uniform(*y_range)
+            box(x, y, x + w, y + h, colour)
+
     if kind == "beach":
         box(0, 0, 64, 24, (135, 200, 235))
         box(0, 24, 64, 34, (40, 110, 190))
@@ -159,12 +167,8 @@ def _background(draw, rng: random.Random, kind: str, u) -> None:
         for _ in range(3):  # foam
             x = rng.uniform(0, 56)
             box(x, 33, x + rng.uniform(4, 8), 34, (230, 240, 250))
-    elif kind == "park":
-        box(0, 0, 64, 30, (160, 210, 240))
-        box(0, 30, 64, 64, (80, 160, 70))
-        for _ in range(6):  # tufts
-            x, y = rng.uniform(0, 62), rng.uniform(32, 62)
-            box(x, y, x + 2, y + 1, (60, 130, 50))
+    elif kind == "park":  # grass with darker tufts
+        sky_and_ground(30, (160, 210, 240), (80, 160, 70), 6, 62, (32, 62), 2, 1, (60, 130, 50))
     elif kind == "city":
         box(0, 0, 64, 64, (190, 190, 200))
         x = -rng.uniform(0, 6)
@@ -183,12 +187,8 @@ def _background(draw, rng: random.Random, kind: str, u) -> None:
         x = rng.uniform(4, 46)
         box(x, 6, x + 14, 16, (90, 60, 40))
         box(x + 1.5, 7.5, x + 12.5, 14.5, rng.choice([(120, 170, 210), (200, 140, 90), (150, 190, 120)]))
-    elif kind == "snow":
-        box(0, 0, 64, 30, (200, 215, 230))
-        box(0, 30, 64, 64, (250, 250, 252))
-        for _ in range(8):  # flakes
-            x, y = rng.uniform(0, 63), rng.uniform(0, 28)
-            box(x, y, x + 1, y + 1, (255, 255, 255))
+    elif kind == "snow":  # flakes in the sky
+        sky_and_ground(30, (200, 215, 230), (250, 250, 252), 8, 63, (0, 28), 1, 1, (255, 255, 255))
     else:
         raise ValueError(f"unknown background {kind!r}; expected one of {', '.join(BACKGROUNDS)}")
 
@@ -250,8 +250,3 @@ def render(scene: Scene, size: int = 64, supersample: int = 4):
         _person(draw, p, lambda x: round(x * k))
     return image.resize((size, size), Image.BOX) if supersample > 1 else image
 
-
-def without_arthur(scene: Scene, rng: random.Random) -> Scene:
-    """The same scene with Arthur replaced by a random stranger at his place (for the scorer's negatives)."""
-    people = tuple(random_person(rng, p.slot) if p.is_arthur else p for p in scene.people)
-    return replace(scene, people=people)
