@@ -57,3 +57,15 @@ def fresh_pipe(twin_dir):
     pipe = load_pipeline(resolve_source(str(twin_dir)), torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: twin-sized matmuls gain nothing from threads, and on a busy
+    2-core machine they lose 10x to contention."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from lookalike.errors import LookalikeError
+from lookalike.toy.demo import OTHERS
 
 app = typer.Typer(
     help="Teach FLUX what one person looks like from 30-50 photos, and measure whether it worked.",
@@ -373,7 +374,8 @@ def demo(
     run: Optional[Path] = typer.Argument(None, help="Run directory for the demo (default: runs/demo/<time>)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     seeds: int = typer.Option(4, help="Seeds per prompt in the metric suite."),
-    others: int = typer.Option(0, help="Also train on this many captioned scenes of other people (dataset.grounding)."),
+    others: int = typer.Option(OTHERS, help="Captioned scenes of other people trained beside Arthur's photos "
+                               "(dataset.grounding); 0: his photos alone, the write-up's way."),
 ) -> None:
     """Teach the toy FLUX who Arthur is on the CPU: his photos, training, progress GIFs and the metrics table."""
     from lookalike.rundir import RunDir
@@ -393,6 +395,104 @@ def demo(
     console.print(f"photos: {folder / 'photos'}\nprogress GIFs and previews: {folder / 'train'}\n"
                   f"LoRA: {result['lora_file']}\nsuite images and metrics: {folder / 'demo'}")
     print(folder / "demo" / "metrics.md")
+
+
+def _run_config(run: Path, overrides):
+    """RUN/config.yaml (plus --set), or an error saying the folder is not a run."""
+    from lookalike.config import load_config
+    from lookalike.errors import ConfigError
+    from lookalike.rundir import RunDir
+
+    rd = RunDir(run)
+    if not rd.config_path.is_file():
+        what = "does not exist" if not rd.root.exists() else f"is not a run folder (no {rd.config_path.name})"
+        raise ConfigError(f"{run} {what}; give the folder `lookalike train` (or `demo`) wrote, e.g. runs/arthur")
+    return rd, load_config(rd.config_path, overrides=list(overrides or []))
+
+
+STEP_OPTION = typer.Option(None, "--step", help="Checkpoint step (repeatable); default every saved checkpoint.")
+
+
+@app.command("eval")
+def eval_(
+    run: Path = typer.Argument(..., help=RUN_HELP),
+    step: Optional[list[int]] = STEP_OPTION,
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Draw the fixed suite with the base and every checkpoint; likeness, leakage, preservation; recommend one."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from lookalike.evaluate.judges import make_judge
+    from lookalike.evaluate.run import evaluate_run, find_checkpoints, markdown
+
+    _quiet_libraries()
+    rd, cfg = _run_config(run, set_)
+    checkpoints = find_checkpoints(rd, step)  # before any model loads: a run that never trained fails here
+    judge = make_judge(cfg, rd)
+    columns = (TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("eval", total=judge.suite.images * (1 + len(checkpoints)))
+        result = evaluate_run(cfg, rd, step, judge, on_image=lambda _: bar.advance(task))
+    console.print(markdown(result), markup=False, highlight=False)
+    print(rd.root / "eval" / "metrics.json")
+
+
+experiment_app = typer.Typer(help="The write-up's experiments on a trained run: the empty prompt, replayed captions.",
+                             no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("empty")
+def experiment_empty(
+    run: Path = typer.Argument(..., help=RUN_HELP),
+    step: Optional[int] = typer.Option(None, help="Checkpoint step; default the recommended one, else the last."),
+    seeds: Optional[int] = typer.Option(None, help="Seeds drawn (eval.empty_seeds)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Draw the empty prompt with N seeds, base and LoRA: the share of images that show the person, and the grid."""
+    from lookalike.evaluate.experiments import choose_checkpoint, empty_prompt
+    from lookalike.evaluate.judges import make_judge
+
+    _quiet_libraries()
+    rd, cfg = _run_config(run, set_)
+    choose_checkpoint(rd, step)
+    result = empty_prompt(cfg, rd, make_judge(cfg, rd), step, seeds)
+    console.print(f"empty prompt, {result['checkpoint']}: the person is in {result['share_lora']:.2f} of "
+                  f"{len(result['seeds'])} images (base {result['share_base']:.2f})")
+    print(rd.root / "experiments" / "empty" / "lora-grid.png")
+
+
+@experiment_app.command("replay")
+def experiment_replay(
+    run: Path = typer.Argument(..., help=RUN_HELP),
+    step: Optional[int] = typer.Option(None, help="Checkpoint step; default the recommended one, else the last."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Redraw every training caption beside its photo: is the person there, are the others turned into them?"""
+    from lookalike.evaluate.experiments import choose_checkpoint, replay_captions
+    from lookalike.evaluate.judges import make_judge
+
+    _quiet_libraries()
+    rd, cfg = _run_config(run, set_)
+    choose_checkpoint(rd, step)
+    r = replay_captions(cfg, rd, make_judge(cfg, rd), step)
+    shown = "n/a" if r["replacement"] is None else f"{r['replacement']:.2f}"
+    console.print(f"replayed {r['photos']} captions with {r['checkpoint']}: the person is in {r['likeness']:.2f}; "
+                  f"{r['replaced']} of {r['others']} other people look like them (identity replacement {shown})")
+    print(rd.root / "experiments" / "replay" / "pairs.png")
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help=RUN_HELP),
+) -> None:
+    """Write RUN/report.html: recommendation, metrics per checkpoint, gallery, experiments, training, dataset."""
+    from lookalike.evaluate.report import write_report
+
+    rd, cfg = _run_config(run, None)
+    path = write_report(cfg, rd)
+    console.print(f"[green]report:[/green] {path} (one file; open it in any browser)")
+    print(path)
 
 
 toy_app = typer.Typer(help="The toy world: rebuild its pretrained model and scorer, or render scenes.",

@@ -63,6 +63,7 @@ class _Item:
         self.latent = torch.full((2, *size), float(i))
         self.t5 = torch.full((3, 4), float(i))
         self.pooled = torch.full((4,), float(i))
+        self.grounding = i % 3 == 0
 
 
 def test_stream_resumes_at_any_micro_batch():

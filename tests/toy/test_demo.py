@@ -1,7 +1,8 @@
 """The demo end to end, cheaply: a change that breaks learning (LoRA, loss, data, sampler) fails here.
 
-The README's `lookalike demo` trains 500 steps and draws 160 images; this trains fewer steps on the
-same photos and scores a smaller suite, with looser thresholds.
+The README's `lookalike demo` trains 1000 steps (Arthur's 40 photos and 40 grounding scenes) and draws
+160 images; this trains 300 steps on Arthur's photos alone and scores a smaller suite, with looser
+thresholds.
 """
 
 import json
@@ -15,8 +16,10 @@ from lookalike.toy.demo import run_demo, write_dataset
 @pytest.mark.slow
 def test_short_demo_learns_arthur_and_keeps_the_rest(tmp_path):
     run = tmp_path / "demo"
+    # Arthur's photos alone (no grounding scenes): 300 steps are enough to see him appear; with the
+    # demo's 40 grounding scenes at weight 4 he appears later (likeness 0.08 at step 300, 0.8 at 1000)
     result = run_demo(run, ["train.epochs=60", "train.sample_every=30", "train.checkpoint_every=1000"],
-                      suite_size=(4, 6, 2))
+                      suite_size=(4, 6, 2), others=0)
     base, lora, kept = result["base"], result["lora"], result["preservation"]
     assert base["likeness"] <= 0.1, result  # words alone cannot draw him
     assert lora["likeness"] >= base["likeness"] + 0.3, result  # 300 steps: he starts to appear

@@ -87,3 +87,80 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(twin_dir):
     assert sum(float(b.abs().sum()) for b in grads[1]) > 0  # lora_B gets gradient (lora_A's is 0 while B is 0)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def _lora_twin(twin_dir, scale=0.0):
+    """The twin's transformer with a LoRA; `scale` > 0 gives B random values so the LoRA changes the output."""
+    from lookalike.models.flux import load_transformer, resolve_source
+
+    transformer = load_transformer(resolve_source(str(twin_dir)), torch.float32)
+    add_lora(transformer, 4, 4.0, ["to_q", "to_k", "to_v", "to_out.0"], seed=0)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in transformer.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return transformer
+
+
+def _by_hand(transformer, batch, train, seed):
+    """σ, ε as training_loss draws them from `seed`, and per item: the loss towards ε - z and towards the
+    base model's prediction, computed directly. -> (σ [B], plain [B], prior [B], LoRA-on prediction)."""
+    from lookalike.train.flow_matching import loss_weights, noisy_latents, sample_sigmas
+
+    g = torch.Generator().manual_seed(seed)
+    s = sample_sigmas(batch.latents.shape[0], train.density, logit_mean=train.logit_mean, logit_std=train.logit_std,
+                      mode_scale=train.mode_scale, shift=train.shift, generator=g)
+    eps = torch.randn(batch.latents.shape, generator=g)
+    z_s = noisy_latents(batch.latents, eps, s)
+    with torch.no_grad():
+        on = predict_velocity(transformer, z_s, s, batch, train.guidance)
+        transformer.disable_adapters()
+        off = predict_velocity(transformer, z_s, s, batch, train.guidance)
+        transformer.enable_adapters()
+    w = loss_weights(s, train.weighting)
+    per_item = lambda target: w * (on - target).pow(2).flatten(1).mean(1)  # noqa: E731
+    return s, per_item(eps - batch.latents), per_item(off), on
+
+
+def test_prior_items_are_trained_towards_the_base_models_own_prediction(twin_dir, twin_pipe):
+    """dataset.grounding_target=base: a grounding item's target is what the model predicts with the LoRA
+    off, so a LoRA that changes nothing has zero loss there, and one that changes the output is pulled back."""
+    batch = _batch(twin_pipe, n=2)
+    train = TrainConfig()
+    prior = Batch(batch.latents, batch.t5, batch.pooled, prior=torch.tensor([True, True]))
+    untouched = _lora_twin(twin_dir)
+    loss, _ = training_loss(untouched, prior, train, torch.Generator().manual_seed(1))
+    assert loss.item() < 1e-10
+    plain, _ = training_loss(untouched, batch, train, torch.Generator().manual_seed(1))
+    assert plain.item() > 0.1  # the ordinary target ε - z is far from the base model's guess
+
+    changed = _lora_twin(twin_dir, scale=0.5)
+    loss, sigma = training_loss(changed, prior, train, torch.Generator().manual_seed(1))
+    s, _, towards_base, on = _by_hand(changed, batch, train, seed=1)
+    assert torch.equal(sigma, s)
+    torch.testing.assert_close(loss, towards_base.mean(), rtol=1e-5, atol=1e-7)
+    assert loss.item() > 1e-4
+    loss.backward()  # the gradient reaches the LoRA, and the adapters are back on afterwards
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in changed.parameters() if p.requires_grad)
+    with torch.no_grad():
+        assert torch.equal(predict_velocity(changed, *_noised(batch, s, 1), batch, train.guidance), on)
+
+
+def _noised(batch, s, seed):
+    from lookalike.train.flow_matching import noisy_latents, sample_sigmas
+
+    g = torch.Generator().manual_seed(seed)
+    sample_sigmas(batch.latents.shape[0], generator=g)  # advance the generator past σ as training_loss does
+    return noisy_latents(batch.latents, torch.randn(batch.latents.shape, generator=g), s), s
+
+
+def test_a_mixed_batch_weights_prior_items_by_grounding_weight(twin_dir, twin_pipe):
+    """Item 0 is the person's photo (target ε - z), item 1 a grounding photo (target: the base model)."""
+    batch = _batch(twin_pipe, n=2)
+    transformer = _lora_twin(twin_dir, scale=0.5)
+    mixed = Batch(batch.latents, batch.t5, batch.pooled, prior=torch.tensor([False, True]))
+    _, plain, towards_base, _ = _by_hand(transformer, batch, TrainConfig(), seed=2)
+    for weight in (1.0, 3.0):
+        loss, _ = training_loss(transformer, mixed, TrainConfig(grounding_weight=weight), torch.Generator().manual_seed(2))
+        torch.testing.assert_close(loss.detach(), (plain[0] + weight * towards_base[1]) / 2, rtol=1e-5, atol=1e-7)

@@ -146,6 +146,12 @@ class DatasetConfig(_Section):
         "beside the person's photos so that prompts without the trigger keep drawing others (against "
         "'everyone looks like me')",
     )
+    grounding_target: Literal["base", "photo"] = Field(
+        "base",
+        description="what the model learns from a grounding photo: base = the base model's own prediction for "
+        "it (prior preservation: captions without the trigger keep drawing what they drew before); photo = the "
+        "photo itself, like the person's photos",
+    )
     missing_trigger: Literal["refuse", "warn"] = Field(
         "refuse", description="captions that do not contain the trigger word: refuse to train, or warn and go on"
     )
@@ -173,6 +179,12 @@ class TrainConfig(_Section):
     gradient_accumulation: Int = Field(1, ge=1, description="batches summed into one optimiser step")
     gradient_checkpointing: Bool = Field(True, description="recompute activations in backward to save GPU memory")
     precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype of the frozen base on a GPU")
+    memory: Literal["balanced", "low", "lowest"] = Field(
+        "balanced",
+        description="how the frozen base's block weights are stored: balanced = in train.precision (fastest); "
+        "low = int8 weight-only (about half the weight memory); lowest = 4-bit NF4 (about a quarter). The LoRA "
+        "stays fp32 either way; measured costs in BENCHMARKS.md",
+    )
     guidance: Float = Field(1.0, description="value fed to FLUX's guidance embedder during training")
     density: Literal["logit_normal", "uniform", "mode"] = Field(
         "logit_normal", description="distribution of the noise level sigma: logit_normal, uniform or mode"
@@ -188,6 +200,9 @@ class TrainConfig(_Section):
     max_steps: Int | None = Field(None, ge=1, description="stop after this many optimiser steps, even mid-epoch")
     warmup_steps: Int = Field(50, ge=0, description="steps of linear learning-rate warm-up from 0")
     max_grad_norm: Float = Field(1.0, ge=0, description="clip the LoRA gradients to this norm (0: no clipping)")
+    grounding_weight: Float = Field(
+        1.0, ge=0, description="loss weight of the grounding photos (dataset.grounding) against the person's photos"
+    )
     caption_dropout: Float = Field(
         0.0, ge=0, le=1,
         description="probability of training a photo with the empty caption; > 0 makes the empty prompt draw "
@@ -291,6 +306,46 @@ class GenerateConfig(_Section):
     loras: list[LoraSpec] = Field([], description="LoRA files applied at generation time: path, weight, name")
 
 
+GALLERY_PROMPTS = [
+    "{trigger} wearing a tuxedo", "{trigger} as a wizard", "{trigger} as a boxer", "{trigger} as a 1920s gangster",
+    "{trigger} as a gardener", "{trigger} at their graduation", "{trigger} as a superhero", "{trigger} petting a fox",
+    "{trigger} as a hacker",
+]
+
+
+class EvalConfig(_Section):
+    """eval: the fixed suite `lookalike eval` draws for every checkpoint, and what a recommended one must keep."""
+
+    seeds: list[Seed] = Field([0, 1, 2, 3], min_length=1, description="seeds of every suite prompt (same for base and LoRA)")
+    prompts: list[NonEmpty] = Field(
+        GALLERY_PROMPTS, min_length=1, description="trigger prompts (the gallery); {trigger} is replaced"
+    )
+    group_prompts: list[NonEmpty] = Field(
+        ["{trigger} with two friends at the beach", "{trigger} and a woman having dinner"],
+        description="prompts with the person among others (leakage: are the others turned into the person?)",
+    )
+    plain_prompts: list[NonEmpty] = Field(
+        ["a man in a tuxedo", "a woman reading in a park", "a cozy living room"],
+        description="prompts without the trigger (preservation: LoRA on vs off); the empty prompt is always added",
+    )
+    toy_plain: Int = Field(10, ge=1, description="toy world: prompts without Arthur in the suite (toy.metrics.make_suite)")
+    toy_trigger: Int = Field(10, ge=1, description="toy world: prompts with Arthur in the suite (60% alone, 40% with a friend)")
+    max_leakage: Float = Field(
+        0.2, ge=0, le=1, description="a recommended checkpoint turns at most this share of the others in group "
+        "prompts into the person",
+    )
+    max_elsewhere: Float = Field(
+        0.2, ge=0, le=1, description="a recommended checkpoint draws the person in at most this share of images of "
+        "prompts without the trigger",
+    )
+    min_preservation: Float = Field(
+        0.8, ge=0, le=1, description="a recommended checkpoint keeps at least this share of what prompts without the "
+        "trigger drew before (toy: attribute agreement; faces: face-count and person-or-not agreement)",
+    )
+    empty_seeds: Int = Field(16, ge=1, description="`lookalike experiment empty`: seeds drawn with the empty prompt")
+    replay_seed: Seed = Field(0, description="`lookalike experiment replay`: the seed each training caption is redrawn with")
+
+
 class Config(_Section):
     """The whole run config."""
 
@@ -303,4 +358,5 @@ class Config(_Section):
     generate: GenerateConfig = Field(default_factory=GenerateConfig, description="the sampler settings")
     doctor: DoctorConfig = Field(default_factory=DoctorConfig, description="what the dataset doctor flags")
     caption: CaptionConfig = Field(default_factory=CaptionConfig, description="the captioning model and its rules")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="the evaluation suite and the recommendation's bounds")
 

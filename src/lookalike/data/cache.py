@@ -214,6 +214,7 @@ class Cached:
     latent: "torch.Tensor"  # noqa: F821
     t5: "torch.Tensor"  # noqa: F821
     pooled: "torch.Tensor"  # noqa: F821
+    grounding: bool = False  # a photo of other people (dataset.grounding), not of the person
 
 
 @dataclass
@@ -245,7 +246,7 @@ def load_cache(run: RunDir) -> CachedSet:
     def item(it):
         t5, pooled = text(it["text"])
         latent = load_file(str(folder / "latents" / f"{it['latent']}.safetensors"))["latent"]
-        return Cached(it["photo"], it["caption"], latent, t5, pooled)
+        return Cached(it["photo"], it["caption"], latent, t5, pooled, bool(it.get("grounding", False)))
 
     items = index["items"]
     prompts = []

@@ -83,8 +83,8 @@ def rank_batches(batches: list[list[int]], rank: int, world_size: int, count: in
 class BatchStream(torch.utils.data.IterableDataset):
     """An endless stream of batch dicts starting at micro-batch `start`; the trainer stops at max_steps.
 
-    Each dict: latents [B, C, h, w], t5 [B, L, D_t5], pooled [B, D_clip], index (micro-batch number),
-    epoch. With probability `caption_dropout` an item's text is replaced by the cached empty caption.
+    Each dict: latents [B, C, h, w], t5 [B, L, D_t5], pooled [B, D_clip], grounding [B] bool (photos of
+    other people), index (micro-batch number), epoch. With probability `caption_dropout` an item's text is replaced by the cached empty caption.
     """
 
     def __init__(self, items, empty, plan: Plan, batch_size: int, seed: int, rank: int = 0,
@@ -113,6 +113,7 @@ class BatchStream(torch.utils.data.IterableDataset):
             "latents": torch.stack([self.items[i].latent for i in idx]).float(),
             "t5": torch.stack([t for t, _ in texts]),
             "pooled": torch.stack([p for _, p in texts]),
+            "grounding": torch.tensor([self.items[i].grounding for i in idx], dtype=torch.bool),
             "index": torch.tensor(m),
             "epoch": torch.tensor(epoch),
         }

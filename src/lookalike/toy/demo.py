@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 DATASET_SEED = 7
 PHOTOS = 40
+OTHERS = 40  # grounding scenes of other people trained beside Arthur's photos (dataset.grounding)
 
 
 def write_scenes(folder: Path, scenes, prefix: str, trigger: str = "Arthur") -> list[Path]:
@@ -66,19 +67,14 @@ class Drawn:
 
 
 def draw_suite(pipe, embeddings: dict, suite, settings, scorer, folder: Path | None = None) -> Drawn:
-    """Draw every suite prompt x seed with the one sampler, read each image with the scorer."""
-    from lookalike.generate import contact_sheet, sample, save_sample
+    """Draw every suite prompt x seed with the one sampler (through `lookalike eval`'s `draw`), read each
+    image with the scorer."""
+    from lookalike.evaluate.run import draw
+    from lookalike.evaluate.suite import EvalSuite
 
-    out = {}
-    for name, prompts in (("plain", suite.plain), ("trigger", suite.trigger)):
-        samples = list(sample(pipe, [embeddings[p.text] for p in prompts], suite.seeds, settings))
-        if folder is not None:
-            (folder / name).mkdir(parents=True, exist_ok=True)
-            for i, s in enumerate(samples):
-                save_sample(s, folder / name, i)
-            contact_sheet(samples, columns=len(suite.seeds)).save(folder / f"{name}-grid.png")
-        out[name] = [s.image for s in samples]
-    return Drawn(out["plain"], out["trigger"], scorer.read(out["plain"]), scorer.read(out["trigger"]))
+    groups = (("plain", tuple(p.text for p in suite.plain)), ("trigger", tuple(p.text for p in suite.trigger)))
+    d = draw(pipe, embeddings, EvalSuite(groups, tuple(suite.seeds)), settings, scorer, folder)
+    return Drawn(d.images["plain"], d.images["trigger"], d.readings["plain"], d.readings["trigger"])
 
 
 def evaluate_lora(cfg, lora_path: Path | None, suite, folder: Path | None = None, scorer=None) -> dict:
@@ -122,10 +118,11 @@ def demo_config(photos: Path, overrides: list[str]):
 
 
 def run_demo(run: Path, overrides: list[str] | None = None, suite_size: tuple[int, int, int] = (10, 10, 4),
-             others: int = 0) -> dict:
+             others: int = OTHERS) -> dict:
     """Dataset, cache, train, then the metric suite base vs LoRA. Returns what metrics.json holds.
 
-    With `others`, that many captioned scenes of other people go to RUN/others as `dataset.grounding`.
+    `others` captioned scenes of other people go to RUN/others as `dataset.grounding` (0: Arthur's photos
+    alone, the write-up's way).
     """
     from lookalike.config import save_config
     from lookalike.data.cache import build_cache

@@ -66,7 +66,8 @@ class LoraModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         generator = step_generator(self.cfg.runtime.seed, self.global_rank, int(batch["index"]))
-        loss, sigma = training_loss(self.transformer, as_batch(batch), self.cfg.train, generator)
+        prior = batch["grounding"] if self.cfg.dataset.grounding_target == "base" else None
+        loss, sigma = training_loss(self.transformer, as_batch(batch, prior), self.cfg.train, generator)
         check_finite(loss, self.global_step)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/sigma", sigma.mean())
@@ -121,5 +122,5 @@ class LoraModule(L.LightningModule):
             )
 
 
-def as_batch(batch: dict) -> Batch:
-    return Batch(batch["latents"], batch["t5"], batch["pooled"])
+def as_batch(batch: dict, prior: torch.Tensor | None = None) -> Batch:
+    return Batch(batch["latents"], batch["t5"], batch["pooled"], prior)

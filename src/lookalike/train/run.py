@@ -92,6 +92,7 @@ def train_stage(cfg, run: RunDir, resume: bool = False) -> TrainReport:
     from lookalike.data.cache import load_cache
     from lookalike.data.loader import BatchStream, make_plan
     from lookalike.models.flux import load_transformer, model_source
+    from lookalike.models.quantize import apply_memory_mode, quantize_device
     from lookalike.runtime import training_runtime
     from lookalike.train import callbacks as cb
     from lookalike.train.lora import add_lora
@@ -110,6 +111,7 @@ def train_stage(cfg, run: RunDir, resume: bool = False) -> TrainReport:
     plan = make_plan([tuple(it.latent.shape[-2:]) for it in data.train], cfg, world)
     source = model_source(cfg.model)
     transformer = load_transformer(source, runtime.dtype)
+    apply_memory_mode(transformer, cfg.train.memory, quantize_device(runtime.device))  # before the LoRA: it stays fp32
     if cfg.train.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     lora = add_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, seed=cfg.runtime.seed)

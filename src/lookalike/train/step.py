@@ -6,6 +6,7 @@ wrote (normalised latents, T5 sequence embeddings, CLIP pooled embeddings).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -24,11 +25,21 @@ from lookalike.train.flow_matching import (
 
 @dataclass
 class Batch:
-    """Cached inputs. latents: [B, C, H, W] with z = (z_vae - shift)·scale; t5: [B, L, D_t5]; pooled: [B, D_clip]."""
+    """Cached inputs. latents: [B, C, H, W] with z = (z_vae - shift)·scale; t5: [B, L, D_t5]; pooled: [B, D_clip].
+
+    prior: [B] bool or None: items whose target is the base model's own prediction (grounding photos
+    with `dataset.grounding_target=base`) instead of the photo's velocity ε - z.
+    """
 
     latents: torch.Tensor
     t5: torch.Tensor
     pooled: torch.Tensor
+    prior: torch.Tensor | None = None
+
+    def rows(self, mask: torch.Tensor) -> "Batch":
+        """The items where `mask` ([B] bool) is true."""
+        cpu = mask.cpu()
+        return Batch(self.latents[mask.to(self.latents.device)], self.t5[cpu], self.pooled[cpu])
 
 
 def predict_velocity(transformer, z_sigma: torch.Tensor, sigma: torch.Tensor, batch: Batch, guidance: float):
@@ -51,6 +62,26 @@ def predict_velocity(transformer, z_sigma: torch.Tensor, sigma: torch.Tensor, ba
     return unpack_latents(out, h, w)
 
 
+@contextmanager
+def lora_disabled(transformer):
+    """The frozen base model: every LoRA layer of `transformer` bypassed for the duration."""
+    transformer.disable_adapters()
+    try:
+        yield transformer
+    finally:
+        transformer.enable_adapters()
+
+
+def prior_velocity(transformer, z_sigma: torch.Tensor, sigma: torch.Tensor, batch: Batch, guidance: float):
+    """What the base model (LoRA off) predicts for the same input: the target that keeps it unchanged.
+
+    Prior preservation by self-distillation: training towards it teaches the LoRA to leave captions
+    without the trigger alone. [B, C, H, W] -> [B, C, H, W], no gradient.
+    """
+    with torch.no_grad(), lora_disabled(transformer):
+        return predict_velocity(transformer, z_sigma, sigma, batch, guidance).float()
+
+
 def _loss_at(transformer, batch: Batch, noise: torch.Tensor, sigma: torch.Tensor, guidance: float,
              weights: torch.Tensor) -> torch.Tensor:
     """Noise the latents to σ, predict the velocity, and weight its squared error. -> scalar."""
@@ -62,7 +93,8 @@ def _loss_at(transformer, batch: Batch, noise: torch.Tensor, sigma: torch.Tensor
 def training_loss(transformer, batch: Batch, train, generator: torch.Generator | None = None):
     """Sample σ and ε for the batch and compute the weighted loss. `train`: the config's train section.
 
-    Returns (loss, σ [B]).
+    Items marked in `batch.prior` are trained towards the base model's prediction (see prior_velocity),
+    weighted by `train.grounding_weight`; the others towards v = ε - z. Returns (loss, σ [B]).
     """
     z = batch.latents
     sigma = sample_sigmas(
@@ -70,7 +102,16 @@ def training_loss(transformer, batch: Batch, train, generator: torch.Generator |
         mode_scale=train.mode_scale, shift=train.shift, generator=generator,
     ).to(z.device)
     noise = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(z)
-    return _loss_at(transformer, batch, noise, sigma, train.guidance, loss_weights(sigma, train.weighting)), sigma
+    weights = loss_weights(sigma, train.weighting)
+    if batch.prior is None or not bool(batch.prior.any()):
+        return _loss_at(transformer, batch, noise, sigma, train.guidance, weights), sigma
+    z_sigma = noisy_latents(z, noise, sigma)
+    target = velocity_target(z, noise)
+    prior = batch.prior.to(z.device)
+    target[prior] = prior_velocity(transformer, z_sigma[prior], sigma[prior], batch.rows(prior), train.guidance)
+    weights = torch.where(prior.cpu(), weights * train.grounding_weight, weights)
+    pred = predict_velocity(transformer, z_sigma, sigma, batch, train.guidance)
+    return flow_matching_loss(pred, target, weights), sigma
 
 
 def fixed_noise_loss(transformer, batch: Batch, sigmas: torch.Tensor, guidance: float, seed: int = 0) -> torch.Tensor:

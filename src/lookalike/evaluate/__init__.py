@@ -1,0 +1,1 @@
+"""Evaluate: measure a trained LoRA on the person (likeness, leakage, preservation) from generated images."""
