@@ -84,7 +84,8 @@ class BatchStream(torch.utils.data.IterableDataset):
     """An endless stream of batch dicts starting at micro-batch `start`; the trainer stops at max_steps.
 
     Each dict: latents [B, C, h, w], t5 [B, L, D_t5], pooled [B, D_clip], grounding [B] bool (photos of
-    other people), index (micro-batch number), epoch. With probability `caption_dropout` an item's text is replaced by the cached empty caption.
+    other people), index (micro-batch number), epoch. With probability `caption_dropout` an item's text
+    is replaced by the cached empty caption.
     """
 
     def __init__(self, items, empty, plan: Plan, batch_size: int, seed: int, rank: int = 0,

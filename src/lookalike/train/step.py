@@ -38,8 +38,7 @@ class Batch:
 
     def rows(self, mask: torch.Tensor) -> "Batch":
         """The items where `mask` ([B] bool) is true."""
-        cpu = mask.cpu()
-        return Batch(self.latents[mask.to(self.latents.device)], self.t5[cpu], self.pooled[cpu])
+        return Batch(*(t[mask.to(t.device)] for t in (self.latents, self.t5, self.pooled)))
 
 
 def predict_velocity(transformer, z_sigma: torch.Tensor, sigma: torch.Tensor, batch: Batch, guidance: float):
@@ -83,11 +82,12 @@ def prior_velocity(transformer, z_sigma: torch.Tensor, sigma: torch.Tensor, batc
 
 
 def _loss_at(transformer, batch: Batch, noise: torch.Tensor, sigma: torch.Tensor, guidance: float,
-             weights: torch.Tensor) -> torch.Tensor:
-    """Noise the latents to σ, predict the velocity, and weight its squared error. -> scalar."""
+             weights: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Noise the latents to σ, predict the velocity, and weight its squared error against `target`
+    (default v = ε - z). -> scalar."""
     z = batch.latents
     pred = predict_velocity(transformer, noisy_latents(z, noise, sigma), sigma, batch, guidance)
-    return flow_matching_loss(pred, velocity_target(z, noise), weights)
+    return flow_matching_loss(pred, velocity_target(z, noise) if target is None else target, weights)
 
 
 def training_loss(transformer, batch: Batch, train, generator: torch.Generator | None = None):
@@ -102,16 +102,14 @@ def training_loss(transformer, batch: Batch, train, generator: torch.Generator |
         mode_scale=train.mode_scale, shift=train.shift, generator=generator,
     ).to(z.device)
     noise = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(z)
-    weights = loss_weights(sigma, train.weighting)
-    if batch.prior is None or not bool(batch.prior.any()):
-        return _loss_at(transformer, batch, noise, sigma, train.guidance, weights), sigma
-    z_sigma = noisy_latents(z, noise, sigma)
-    target = velocity_target(z, noise)
-    prior = batch.prior.to(z.device)
-    target[prior] = prior_velocity(transformer, z_sigma[prior], sigma[prior], batch.rows(prior), train.guidance)
-    weights = torch.where(prior.cpu(), weights * train.grounding_weight, weights)
-    pred = predict_velocity(transformer, z_sigma, sigma, batch, train.guidance)
-    return flow_matching_loss(pred, target, weights), sigma
+    weights, target = loss_weights(sigma, train.weighting), None
+    if batch.prior is not None and bool(batch.prior.any()):
+        prior = batch.prior.to(z.device)
+        target = velocity_target(z, noise)
+        target[prior] = prior_velocity(transformer, noisy_latents(z, noise, sigma)[prior], sigma[prior],
+                                       batch.rows(prior), train.guidance)
+        weights = torch.where(prior.to(weights.device), weights * train.grounding_weight, weights)
+    return _loss_at(transformer, batch, noise, sigma, train.guidance, weights, target), sigma
 
 
 def fixed_noise_loss(transformer, batch: Batch, sigmas: torch.Tensor, guidance: float, seed: int = 0) -> torch.Tensor:
