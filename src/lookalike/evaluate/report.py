@@ -273,6 +273,7 @@ def training_section(root: Path) -> str:
 
 def dataset_section(cfg, root: Path) -> str:
     """Every training photo with its caption (trigger highlighted) and the doctor's and captioner's flags."""
+    from lookalike.caption.review import thumbnail_url
     from lookalike.errors import LookalikeError
     from lookalike.evaluate.suite import training_photos
     from lookalike.rundir import RunDir
@@ -285,7 +286,7 @@ def dataset_section(cfg, root: Path) -> str:
     trigger = html.escape(cfg.dataset.trigger)
     cards = []
     for path, caption in photos:
-        thumb = image_url(path, 256) if path.is_file() else None
+        thumb = thumbnail_url(path) if path.is_file() else None  # upright, as the caption review shows it
         text = html.escape(caption).replace(trigger, f'<span class="trigger">{trigger}</span>')
         items = "".join(f"<div class=flags>{html.escape(f)}</div>" for f in flags.get(path.name, []))
         cards.append(f'<div class="photo">{_img(thumb, "", path.name) if thumb else ""}<b>{html.escape(path.name)}</b>'
