@@ -166,3 +166,21 @@ def test_generate_to_folder_matches_the_sampler_and_records_loras(twin_dir, iden
     apply_loras(reference, [LoraSpec(path=str(identity_lora), weight=0.7)])
     assert np.array_equal(np.asarray(Image.open(path), dtype=np.float64), draw(reference, "Arthur on a beach", 5))
     assert "arthur" in Image.open(path).text["loras"] and (tmp_path / "out" / "grid.png").exists()
+
+
+def test_batched_sampling_gives_the_same_images_in_the_same_order(twin_pipe):
+    """generate.batch_size shares denoising calls, never noise: each pair keeps its own seed's generator."""
+    from dataclasses import replace
+
+    from helpers import TINY
+    from lookalike.generate import encode_prompts, sample
+
+    emb = encode_prompts(twin_pipe, ["Arthur on a beach", "a woman in a city"], TINY.max_sequence_length)
+    alone = list(sample(twin_pipe, emb, [3, 4], TINY))
+    batched = list(sample(twin_pipe, emb, [3, 4], replace(TINY, batch_size=3)))  # 3 + 1: a batch straddles prompts
+    assert [(s.prompt, s.seed) for s in batched] == [(s.prompt, s.seed) for s in alone]
+    for a, b in zip(alone, batched):
+        diff = np.abs(np.asarray(a.image, dtype=np.int16) - np.asarray(b.image, dtype=np.int16))
+        assert diff.max() <= 1, (a.prompt, a.seed)
+    first, second = (np.asarray(s.image, dtype=np.float64) for s in batched[:2])
+    assert np.abs(first - second).mean() > 1.0  # two seeds of one prompt in one call are two pictures

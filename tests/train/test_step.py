@@ -164,3 +164,26 @@ def test_a_mixed_batch_weights_prior_items_by_grounding_weight(twin_dir, twin_pi
     for weight in (1.0, 3.0):
         loss, _ = training_loss(transformer, mixed, TrainConfig(grounding_weight=weight), torch.Generator().manual_seed(2))
         torch.testing.assert_close(loss.detach(), (plain[0] + weight * towards_base[1]) / 2, rtol=1e-5, atol=1e-7)
+
+
+def test_fixed_noise_loss_is_the_mean_over_items_and_sigmas_however_it_is_chunked(twin_pipe):
+    """Every item at every σ, its noise fixed by the seed; forwards of at most max_rows rows."""
+    from lookalike.train.flow_matching import flow_matching_loss, noisy_latents, velocity_target
+
+    transformer, batch = twin_pipe.transformer, _batch(twin_pipe, n=2)
+    sigmas = torch.tensor([0.2, 0.5, 0.9])
+    whole = fixed_noise_loss(transformer, batch, sigmas, 3.5, seed=3, max_rows=6)
+    assert torch.allclose(fixed_noise_loss(transformer, batch, sigmas, 3.5, seed=3, max_rows=4), whole, atol=1e-6)
+    assert torch.equal(fixed_noise_loss(transformer, batch, sigmas, 3.5, seed=3, max_rows=6), whole)
+    assert not torch.allclose(fixed_noise_loss(transformer, batch, sigmas, 3.5, seed=4, max_rows=6), whole)
+    # by hand, one row at a time: item i at σ_j is row i·S + j of the seed's noise
+    noise = torch.randn((6, *batch.latents.shape[1:]), generator=torch.Generator().manual_seed(3))
+    losses = []
+    with torch.no_grad():
+        for r in range(6):
+            i, s = divmod(r, 3)
+            one = Batch(batch.latents[i:i + 1], batch.t5[i:i + 1], batch.pooled[i:i + 1])
+            sigma = sigmas[s:s + 1]
+            pred = predict_velocity(transformer, noisy_latents(one.latents, noise[r:r + 1], sigma), sigma, one, 3.5)
+            losses.append(flow_matching_loss(pred, velocity_target(one.latents, noise[r:r + 1]), torch.ones(1)))
+    assert torch.allclose(torch.stack(losses).mean(), whole, atol=1e-6)

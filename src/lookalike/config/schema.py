@@ -199,6 +199,10 @@ class TrainConfig(_Section):
     epochs: Int = Field(1000, ge=1, description="passes over the photos (the write-up's likeness settles after ~800)")
     max_steps: Int | None = Field(None, ge=1, description="stop after this many optimiser steps, even mid-epoch")
     warmup_steps: Int = Field(50, ge=0, description="steps of linear learning-rate warm-up from 0")
+    schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant", description="learning rate after the warm-up: constant (the write-up), or cosine / linear decay "
+        "to 0 at the last step"
+    )
     max_grad_norm: Float = Field(1.0, ge=0, description="clip the LoRA gradients to this norm (0: no clipping)")
     grounding_weight: Float = Field(
         1.0, ge=0, description="loss weight of the grounding photos (dataset.grounding) against the person's photos"
@@ -304,6 +308,8 @@ class GenerateConfig(_Section):
     seeds: list[Seed] = Field([0], min_length=1, description="one image per seed")
     max_sequence_length: Int = Field(512, ge=1, le=512, description="T5 prompt tokens kept (at most 512)")
     loras: list[LoraSpec] = Field([], description="LoRA files applied at generation time: path, weight, name")
+    batch_size: Int = Field(1, ge=1, description="images per denoising call: faster, more memory; the same images "
+                                                "up to float rounding")
 
 
 GALLERY_PROMPTS = [

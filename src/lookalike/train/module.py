@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 
 import lightning as L
 import torch
@@ -30,9 +31,15 @@ def step_generator(seed: int, rank: int, micro_batch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
-def warmup_factor(step: int, warmup_steps: int) -> float:
-    """Linear warm-up from 1/warmup to 1 over `warmup_steps`, then constant."""
-    return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "constant") -> float:
+    """The learning rate's multiplier at optimiser step `step` (from 0): linear warm-up from 1/warmup to 1
+    over `warmup_steps`, then 1 (`constant`) or decaying towards 0 at `total_steps` (`cosine`, `linear`)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
 
 
 def check_finite(loss: torch.Tensor, step: int) -> None:
@@ -75,12 +82,15 @@ class LoraModule(L.LightningModule):
         return loss
 
     def validation_losses(self, items, limit: int | None = None) -> float:
-        """Mean fixed-noise loss over cached items (one at a time: buckets differ in size)."""
-        sigmas = torch.tensor(self.cfg.train.validation_sigmas)
+        """Mean fixed-noise loss over cached items (one at a time, its σ values in one batch: buckets differ
+        in size)."""
+        train = self.cfg.train
+        sigmas = torch.tensor(train.validation_sigmas)
         losses = []
         for i, it in enumerate(items[:limit]):
             b = Batch(it.latent[None].float().to(self.device), it.t5[None], it.pooled[None])
-            losses.append(float(fixed_noise_loss(self.transformer, b, sigmas, self.cfg.train.guidance, seed=i)))
+            losses.append(float(fixed_noise_loss(self.transformer, b, sigmas, train.guidance, seed=i,
+                                                 max_rows=train.batch_size)))
         return sum(losses) / len(losses)
 
     # ------------------------------------------------------------ optimiser
@@ -89,8 +99,12 @@ class LoraModule(L.LightningModule):
         train = self.cfg.train
         params = [p for p in self.transformer.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_factor(s, train.warmup_steps))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: self.lr_factor(s))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def lr_factor(self, step: int) -> float:
+        train = self.cfg.train
+        return lr_factor(step, train.warmup_steps, self.plan.total_steps, train.schedule)
 
     def on_train_start(self) -> None:
         """On resume Lightning restores the optimiser with the old rate; a changed recipe must win."""
@@ -99,7 +113,7 @@ class LoraModule(L.LightningModule):
         schedule = self.lr_schedulers()
         for group in optimizer.param_groups:
             group["initial_lr"], group["weight_decay"] = train.learning_rate, train.weight_decay
-            group["lr"] = train.learning_rate * warmup_factor(self.global_step, train.warmup_steps)
+            group["lr"] = train.learning_rate * self.lr_factor(self.global_step)
         schedule.base_lrs = [train.learning_rate] * len(optimizer.param_groups)
 
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -6,6 +6,7 @@ wrote (normalised latents, T5 sequence embeddings, CLIP pooled embeddings).
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -61,14 +62,30 @@ def predict_velocity(transformer, z_sigma: torch.Tensor, sigma: torch.Tensor, ba
     return unpack_latents(out, h, w)
 
 
+_LORA_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def lora_layers(transformer) -> tuple:
+    """The LoRA layers of `transformer`, found once: the module walk costs more than a toy model's step.
+    Adapters are added before training and not changed during it."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if transformer not in _LORA_LAYERS:
+        _LORA_LAYERS[transformer] = tuple(m for m in transformer.modules() if isinstance(m, BaseTunerLayer))
+    return _LORA_LAYERS[transformer]
+
+
 @contextmanager
 def lora_disabled(transformer):
     """The frozen base model: every LoRA layer of `transformer` bypassed for the duration."""
-    transformer.disable_adapters()
+    layers = lora_layers(transformer)
+    for layer in layers:
+        layer.enable_adapters(False)
     try:
         yield transformer
     finally:
-        transformer.enable_adapters()
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 def prior_velocity(transformer, z_sigma: torch.Tensor, sigma: torch.Tensor, batch: Batch, guidance: float):
@@ -112,17 +129,23 @@ def training_loss(transformer, batch: Batch, train, generator: torch.Generator |
     return _loss_at(transformer, batch, noise, sigma, train.guidance, weights, target), sigma
 
 
-def fixed_noise_loss(transformer, batch: Batch, sigmas: torch.Tensor, guidance: float, seed: int = 0) -> torch.Tensor:
+def fixed_noise_loss(transformer, batch: Batch, sigmas: torch.Tensor, guidance: float, seed: int = 0,
+                     max_rows: int = 8) -> torch.Tensor:
     """Validation loss at fixed σ values with fixed noise: a steady signal where the training loss is noisy.
 
-    The same noise for every call with the same seed; unweighted; averaged over `sigmas` ([S]) -> scalar.
+    Every item at every σ ([B·S] rows, items repeated S times) with the same noise for every call with
+    the same seed, run in forwards of at most `max_rows` rows; unweighted, averaged over rows -> scalar.
     """
     g = torch.Generator().manual_seed(seed)
-    z = batch.latents
-    losses = []
+    z, s = batch.latents, len(sigmas)
+    rows = Batch(*(t.repeat_interleave(s, dim=0) for t in (z, batch.t5, batch.pooled)))
+    noise = torch.randn(rows.latents.shape, generator=g, dtype=torch.float32).to(z)
+    sigma = sigmas.float().repeat(z.shape[0]).to(z.device)
+    total = torch.zeros((), device=z.device)
     with torch.no_grad():
-        for s in sigmas:
-            noise = torch.randn(z.shape, generator=g, dtype=torch.float32).to(z)
-            sigma = torch.full((z.shape[0],), float(s), device=z.device)
-            losses.append(_loss_at(transformer, batch, noise, sigma, guidance, torch.ones_like(sigma)))
-    return torch.stack(losses).mean()
+        for start in range(0, len(sigma), max_rows):
+            part = slice(start, start + max_rows)
+            chunk = Batch(rows.latents[part], rows.t5[part], rows.pooled[part])
+            n = len(sigma[part])
+            total += n * _loss_at(transformer, chunk, noise[part], sigma[part], guidance, torch.ones(n))
+    return total / len(sigma)
