@@ -583,13 +583,18 @@ def show_config(
 
 def main() -> None:
     """Console-script entry point: user errors become one message and exit status 2."""
+    from rich.markup import escape
+
     try:
         app()
     except LookalikeError as e:
-        from rich.markup import escape
-
-        console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        label = "stopped" if e.exit_code == 130 else "error"
+        console.print(f"[bold red]{label}:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # a stage without its own Ctrl-C handling: what it wrote is on disk
+        console.print("[bold red]stopped:[/bold red] interrupted (Ctrl-C); files already written are kept",
+                      highlight=False, soft_wrap=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,14 @@ and keeps its traceback.
 class LookalikeError(Exception):
     """A user-facing error: the message names the file or setting, the value seen and the fix."""
 
+    exit_code = 2  # the CLI's exit status for it
+
+
+class Interrupted(LookalikeError):
+    """The user pressed Ctrl-C: what was done is kept, and the message says how to continue."""
+
+    exit_code = 130
+
 
 class ConfigError(LookalikeError):
     """A run config that cannot be used: unknown key, wrong type or out-of-range value."""

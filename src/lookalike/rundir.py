@@ -1,11 +1,19 @@
 """The run directory: one folder per run, each stage writing its artefacts and a manifest.
 
     runs/arthur/
-      config.yaml            the resolved config every stage of this run reads
-      generate/<stamp>/      images, grid.png, manifest.json   (one folder per `generate` call)
-      <stage>/manifest.json  what the stage did, with which inputs, and when
+      config.yaml                    the resolved config every stage of this run reads
+      photos.yaml                    the user's include / exclude lists (editable by hand)
+      ingest/doctor.json             the dataset doctor's record (usable? person? duplicates?)
+      caption/captions.jsonl, review.html
+      cache/index.json, latents/, text/
+      train/resume/last.ckpt, checkpoints/step-*.safetensors, lora.safetensors, lora-kohya.safetensors
+      eval/metrics.json              per-checkpoint metrics and the recommendation
+      report.html
+      generate/<stamp>/              images, grid.png, manifest.json   (one folder per `generate` call)
+      <stage>/manifest.json          what the stage did, with which inputs, and when
 
-Stages hand off through these files only, so any stage can be rerun alone.
+Stages hand off through these files only, so any stage can be rerun alone. Every path a stage reads
+from another stage is spelled here, once.
 """
 
 from __future__ import annotations
@@ -37,6 +45,27 @@ def timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
+def ensure_writable(folder: Path, what: str, fix: str) -> None:
+    """Refuse, before anything is spent, a folder this stage must write to but cannot.
+
+    Tries what the stage will do (create a file), so read-only mounts are caught as well as
+    permissions (which root ignores). `what` names the folder's role, `fix` what the user can do.
+    """
+    from lookalike.errors import ConfigError
+
+    folder = Path(folder)
+    probe_in = folder
+    while not probe_in.exists() and probe_in.parent != probe_in:
+        probe_in = probe_in.parent  # the folder will be created inside its nearest existing parent
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".lookalike-write-test-", dir=probe_in)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ConfigError(f"{what} {str(folder)!r} is not writable ({reason}); {fix}") from None
+
+
 class RunDir:
     """Paths of one run. Creating the object touches nothing on disk; `stage()` creates folders."""
 
@@ -46,6 +75,68 @@ class RunDir:
     @property
     def config_path(self) -> Path:
         return self.root / CONFIG
+
+    # ------------------------------------------------------------ every artefact a stage hands on
+
+    @property
+    def selection_path(self) -> Path:
+        """The user's include / exclude lists of photo names (see lookalike.data.selection)."""
+        return self.root / "photos.yaml"
+
+    @property
+    def doctor_record(self) -> Path:
+        return self.root / "ingest" / "doctor.json"
+
+    @property
+    def captions_record(self) -> Path:
+        return self.root / "caption" / "captions.jsonl"
+
+    @property
+    def caption_review(self) -> Path:
+        return self.root / "caption" / "review.html"
+
+    @property
+    def cache_index(self) -> Path:
+        return self.root / "cache" / "index.json"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def resume_checkpoint(self) -> Path:
+        """The full resumable state (LoRA, optimiser, counters); its existence means training has started."""
+        return self.train_dir / "resume" / "last.ckpt"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.train_dir / "checkpoints"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints_dir / f"step-{step:06d}.safetensors"
+
+    @property
+    def lora(self) -> Path:
+        """The trained LoRA, diffusers/PEFT format."""
+        return self.train_dir / "lora.safetensors"
+
+    @property
+    def lora_kohya(self) -> Path:
+        """The same LoRA in kohya/ComfyUI keys."""
+        return self.train_dir / "lora-kohya.safetensors"
+
+    @property
+    def eval_metrics(self) -> Path:
+        return self.root / "eval" / "metrics.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def training_started(self) -> bool:
+        """After this, what is learned (model, photos, LoRA shape, seed) is fixed for the run."""
+        return (self.train_dir / "resume").exists() or (self.train_dir / MANIFEST).exists()
 
     def stage(self, name: str) -> Path:
         """The folder of a stage, created if missing."""
