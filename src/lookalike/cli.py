@@ -155,60 +155,16 @@ TRIGGER_OPTION = typer.Option(None, help="The word that names the person (datase
 
 
 def _prepare_run(run: Path, photos, trigger, preset, config, overrides, resume: bool = False, training: bool = True):
-    """The run's config: RUN/config.yaml if it exists (plus --set), else preset/--config; checked and saved.
+    """(config, RunDir) for a stage verb: see lookalike.config.run. Nothing is written until the stage writes."""
+    from lookalike.config.run import prepare_run
+    from lookalike.train.run import is_child_process
 
-    A new training in a folder that already trained is refused (its checkpoints would be mixed up);
-    a resume may change only how long and how often, not what is learned. Stages before training
-    (`training=False`) may run on any run folder.
-    """
-    from lookalike.config import load_config, save_config
-    from lookalike.errors import ConfigError
-    from lookalike.rundir import RunDir
-    from lookalike.config.loading import flat_settings
-    from lookalike.train.run import STAGE, is_child_process, resume_settings
-
-    rd = RunDir(run)
     if is_child_process():  # a DDP rank Lightning started: rank 0 has already checked and saved the config
-        return load_config(rd.config_path)
-    existing = rd.config_path.exists()
-    if existing and (preset or config):
-        raise ConfigError(
-            f"{rd.config_path} already sets this run up; --preset and --config apply to new runs only. "
-            "Change a setting with --set KEY=VALUE, or use a new run folder"
-        )
-    if resume and not existing:
-        raise ConfigError(f"--resume: {run} has no config.yaml, so there is no run to resume; check the folder")
-    cfg = load_config(rd.config_path if existing else config, preset=preset, overrides=list(overrides or []))
-    if photos is not None:
-        cfg.dataset.photos = str(Path(photos).expanduser().resolve())
-    if trigger is not None:
-        cfg.dataset.trigger = trigger
-    if resume:
-        saved = load_config(rd.config_path)
-        before, after = resume_settings(saved), resume_settings(cfg)
-        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-        if changed:
-            shown = "; ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed[:6])
-            raise ConfigError(
-                f"--resume with settings that change what is learned ({shown}). A resumed run keeps its model, "
-                "dataset, LoRA shape and seed; drop those --set options, or start a new run folder"
-            )
-        old, new = flat_settings(saved, ("train",)), flat_settings(cfg, ("train",))
-        if recipe := [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(old) if old[k] != new.get(k)]:
-            logging.getLogger("lookalike").warning(
-                "resuming with a changed recipe (%s): training continues with it, so the result will differ "
-                "from an uninterrupted run", "; ".join(recipe))
-    elif training and (rd.root / STAGE / "resume").exists():
-        raise ConfigError(
-            f"{run} already holds a training run ({rd.root / STAGE}); continue it with --resume, "
-            "or choose a new run folder (nothing was deleted)"
-        )
-    if cfg.dataset.photos and not Path(cfg.dataset.photos).is_absolute():
-        cfg.dataset.photos = str(Path(cfg.dataset.photos).resolve())
-    if cfg.dataset.grounding and not Path(cfg.dataset.grounding).is_absolute():
-        cfg.dataset.grounding = str(Path(cfg.dataset.grounding).resolve())
-    save_config(cfg, rd.config_path)
-    return cfg
+        from lookalike.config import load_config
+        from lookalike.rundir import RunDir
+
+        return load_config(RunDir(run).config_path), RunDir(run)
+    return prepare_run(run, photos, trigger, preset, config, list(overrides or []), resume=resume, training=training)
 
 
 @app.command()
@@ -233,10 +189,10 @@ def ingest(
     folder = check_folder(photos)
     run = run if run is not None else Path("runs") / folder.resolve().name
     overrides = list(set_ or []) + ([f"caption.reference={reference}"] if reference else [])
-    cfg = _prepare_run(run, folder, trigger, preset, config, overrides, training=False)
+    cfg, rd = _prepare_run(run, folder, trigger, preset, config, overrides, training=False)
     with Progress(TextColumn("checking photos"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
         task = bar.add_task("ingest", total=len(candidate_files(folder)))
-        report, path = ingest_stage(cfg, RunDir(run), on_photo=lambda _: bar.advance(task))
+        report, path = ingest_stage(cfg, rd, on_photo=lambda _: bar.advance(task))
     print_report(report, Console())
     console.print(f"[green]checked {len(report.photos)} files[/green]: {len(report.usable)} usable; record: {path}")
     if not report.usable:
@@ -256,6 +212,7 @@ def caption(
     model: Optional[str] = typer.Option(None, help="Vision model name (caption.model)."),
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (caption.base_url)."),
     concurrency: Optional[int] = typer.Option(None, help="Requests in flight at once (caption.concurrency)."),
+    api_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the API key (caption.api_key_env)."),
     env_file: Optional[Path] = typer.Option(None, help="A .env file to read the API key from (never written anywhere)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the requests, tokens and cost it would take; send nothing."),
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
@@ -272,12 +229,12 @@ def caption(
 
     overrides = list(set_ or [])
     for key, value in (("reference", reference), ("provider", provider), ("model", model), ("base_url", base_url),
-                       ("concurrency", concurrency)):
+                       ("concurrency", concurrency), ("api_key_env", api_key_env)):
         if value is not None:
             overrides.append(f"caption.{key}={json.dumps(value)}")
-    cfg = _prepare_run(run, photos, trigger, preset, config, overrides, training=False)
+    cfg, rd = _prepare_run(run, photos, trigger, preset, config, overrides, training=False)
     if dry_run:
-        report = caption_stage(cfg, RunDir(run), env_file, dry_run=True)
+        report = caption_stage(cfg, rd, env_file, dry_run=True)
         est = report.estimate
         cost = (f"about ${est['cost_usd']:.4f}" if est["cost_usd"] is not None else
                 "unknown (set caption.price_in and caption.price_out, USD per million tokens)")
@@ -290,7 +247,7 @@ def caption(
     columns = (TextColumn("captioning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("caption", total=None)
-        report = caption_stage(cfg, RunDir(run), env_file, on_photo=lambda _: bar.advance(task))
+        report = caption_stage(cfg, rd, env_file, on_photo=lambda _: bar.advance(task))
     _print_captions(report)
 
 
@@ -309,6 +266,58 @@ def _print_captions(report) -> None:
 
 
 @app.command()
+def fit(
+    photos: Path = typer.Argument(..., help="Folder of the person's photos (30-50 work well; .txt captions beside them are used as they are)."),
+    trigger: Optional[str] = typer.Option(None, help="The word that names the person, e.g. Arthur (dataset.trigger); needed for a new run."),
+    reference: Optional[str] = typer.Option(None, help="Reference photo of the person for captioning (default: the doctor's pick)."),
+    run: Optional[Path] = typer.Option(None, help="Run directory (default runs/<photo folder name>)."),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    provider: Optional[str] = typer.Option(None, help="Captioning endpoint: xai, openai, gemini, ollama, vllm or custom (caption.provider)."),
+    model: Optional[str] = typer.Option(None, help="Vision model name (caption.model)."),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (caption.base_url)."),
+    api_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the API key (caption.api_key_env)."),
+    env_file: Optional[Path] = typer.Option(None, help="A .env file to read the API key from (never written anywhere)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Train this many optimiser steps (train.max_steps)."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Train this many passes over the photos (train.epochs)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before paying for captions or training."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps (runtime.device)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """From a folder of photos to a LoRA and a report: ingest, caption, cache, train, eval, report.
+
+    Each stage is skipped when its outputs are current, so the same command again continues after a
+    failure or Ctrl-C without paying twice."""
+    import json
+    import shlex
+
+    from lookalike.ingest.doctor import check_folder
+    from lookalike.pipeline import FitOptions, fit as run_fit, steps_epochs
+    from lookalike.toy.pretrain import quiet_text_libraries
+
+    _quiet_libraries()
+    quiet_text_libraries()
+    folder = check_folder(photos)
+    run = run if run is not None else Path("runs") / folder.resolve().name
+    overrides = list(set_ or []) + steps_epochs(steps, epochs)
+    for key, value in (("reference", reference), ("provider", provider), ("model", model), ("base_url", base_url),
+                       ("api_key_env", api_key_env)):
+        if value is not None:
+            overrides.append(f"caption.{key}={json.dumps(value)}")
+    if device:
+        overrides.append(f"runtime.device={device}")
+    if trigger is None and not (run / "config.yaml").is_file():
+        raise LookalikeError("fit needs --trigger NAME for a new run: the word that will name the person in "
+                             "captions and prompts, e.g. --trigger Arthur")
+    cfg, rd = _prepare_run(run, folder, trigger, preset, config, overrides, training=False)
+    confirm = (lambda question: typer.confirm(question, default=False)) if sys.stdin.isatty() else None
+    options = FitOptions(shlex.join(["lookalike", *sys.argv[1:]]), env_file, yes, confirm)
+    console.print(f"fit: {folder} -> {rd.root} (preset {cfg.preset}, trigger {cfg.dataset.trigger!r})")
+    result = run_fit(cfg, rd, options, lambda line: console.print(line, markup=False, highlight=False))
+    print(result.report)
+
+
+@app.command()
 def cache(
     run: Path = typer.Argument(..., help=RUN_HELP),
     photos: Optional[Path] = PHOTOS_OPTION,
@@ -322,8 +331,8 @@ def cache(
     from lookalike.rundir import RunDir
 
     _quiet_libraries()
-    cfg = _prepare_run(run, photos, trigger, preset, config, set_)
-    report = build_cache(cfg, RunDir(run))
+    cfg, rd = _prepare_run(run, photos, trigger, preset, config, set_, training=False)
+    report = build_cache(cfg, rd)
     console.print(f"[green]cached {report.items} photos[/green] (encoded {report.latents_encoded} latents, "
                   f"{report.texts_encoded} texts) in {report.folder}")
 
@@ -346,10 +355,10 @@ def train(
 
     _quiet_libraries()
     overrides = list(set_ or []) + ([f"runtime.device={device}"] if device else [])
-    cfg = _prepare_run(run, photos, trigger, preset, config, overrides, resume=resume)
+    cfg, rd = _prepare_run(run, photos, trigger, preset, config, overrides, resume=resume)
     if not is_child_process():
-        build_cache(cfg, RunDir(run))
-    report = train_stage(cfg, RunDir(run), resume=resume)
+        build_cache(cfg, rd)
+    report = train_stage(cfg, rd, resume=resume)
     if report.lora is not None:
         console.print(f"[green]trained {report.steps} steps[/green]; LoRA: {report.lora} (kohya/ComfyUI: "
                       f"{report.kohya.name}); samples and progress GIFs in {report.folder}")
@@ -568,17 +577,20 @@ def show_config(
     """Print the resolved run config as YAML (with help comments), or the table of all settings."""
     from lookalike.config import config_to_yaml, iter_fields
 
+    cfg = _load_config(preset, config, set_)
     if keys:
         from rich.markup import escape
         from rich.table import Table
 
-        table = Table("key", "type", "default", "help")
-        for key, typ, default, help_ in iter_fields():
-            shown = "(required)" if default is ... else repr(default)
+        from lookalike.config import Config
+
+        table = Table("key", "type", f"value ({cfg.preset})", "help", title=f"settings of preset {cfg.preset}")
+        for key, typ, value, help_ in iter_fields(Config, cfg):
+            shown = "(required)" if value is ... else repr(value)
             table.add_row(*(escape(x) for x in (key, str(typ), shown, help_)))
         Console().print(table)
         return
-    print(config_to_yaml(_load_config(preset, config, set_)), end="")
+    print(config_to_yaml(cfg), end="")
 
 
 def main() -> None:

@@ -67,10 +67,25 @@ def ensure_writable(folder: Path, what: str, fix: str) -> None:
 
 
 class RunDir:
-    """Paths of one run. Creating the object touches nothing on disk; `stage()` creates folders."""
+    """Paths of one run. Creating the object touches nothing on disk; `stage()` creates folders.
 
-    def __init__(self, root: str | Path):
+    `config` is the run's config as this command resolved it: it is written to RUN/config.yaml when the
+    command first writes anything else into the run (its first `stage()` folder), so a command refused
+    before that leaves the folder exactly as it was.
+    """
+
+    def __init__(self, root: str | Path, config=None):
         self.root = Path(root)
+        self.config = config
+        self._config_saved = config is None
+
+    def save_config(self) -> None:
+        """Write the pending config to RUN/config.yaml (once)."""
+        from lookalike.config import save_config
+
+        if not self._config_saved:
+            save_config(self.config, self.config_path)
+            self._config_saved = True
 
     @property
     def config_path(self) -> Path:
@@ -139,7 +154,8 @@ class RunDir:
         return (self.train_dir / "resume").exists() or (self.train_dir / MANIFEST).exists()
 
     def stage(self, name: str) -> Path:
-        """The folder of a stage, created if missing."""
+        """The folder of a stage, created if missing (and the pending config written first)."""
+        self.save_config()
         path = self.root / name
         path.mkdir(parents=True, exist_ok=True)
         return path

@@ -10,7 +10,8 @@ from PIL import Image, ImageFilter
 from helpers import astronaut, grace_hopper, png_bomb, run_cli, side_by_side
 from lookalike.config import load_config
 from lookalike.ingest.doctor import (
-    PhotoCheck, duplicate_flags, hamming, pick_person, sharpness, tile_sharpness, upscale_factor,
+    PhotoCheck, duplicate_flags, hamming, leave_out_reason, pick_person, sharpness, stem_flags, tile_sharpness,
+    upscale_factor,
 )
 from lookalike.ingest.faces import face_distance, find_faces, frame_position
 
@@ -45,6 +46,23 @@ def test_duplicates_flag_the_later_copy():
     assert b.flags == ["duplicate: the same file as a.jpg"]
     assert c.flags[0].startswith("near duplicate: looks like a.jpg (3 of 64")
     duplicate_flags([PhotoCheck("x", True, sha256="8", phash="ff"), PhotoCheck("y", True, sha256="9", phash="f0")], 3)
+
+
+def test_the_flag_lands_on_the_copy_and_shared_stems_are_paired():
+    # "IMG_1 copy.jpg" sorts before "IMG_1.jpg", but the longer name is the copy
+    copy = PhotoCheck("IMG_1 copy.jpg", True, sha256="1", phash="ff00ff00ff00ff00")
+    original = PhotoCheck("IMG_1.jpg", True, sha256="1", phash="ff00ff00ff00ff00")
+    heic = PhotoCheck("IMG_2.HEIC", True, sha256="2", phash="00ff00ff00ff00ff")
+    jpg = PhotoCheck("IMG_2.JPG", True, sha256="3", phash="00ff00ff00ff00fe")  # the same shot, re-encoded
+    checks = [copy, original, heic, jpg]
+    duplicate_flags(checks, max_bits=4)
+    stem_flags(checks)
+    assert original.flags == [] and copy.flags == ["duplicate: the same file as IMG_1.jpg"]
+    assert heic.flags[0].startswith("same shot: IMG_2.JPG in another format")
+    assert jpg.flags == ["shares its name with IMG_2.HEIC: its caption file is IMG_2.JPG.txt"]
+    assert leave_out_reason(heic, faces_checked=False).startswith("same shot")
+    assert leave_out_reason(jpg, faces_checked=True) is None
+    assert leave_out_reason(copy, faces_checked=False).startswith("duplicate")
 
 
 def test_faces_on_real_photos():
@@ -131,7 +149,9 @@ def test_ingest_cli_on_a_messy_folder(tmp_path):
 
     assert by["copy-of-arthur.jpg"]["flags"] == ["duplicate: the same file as arthur.jpg"]
     assert any(f.startswith("near duplicate: looks like ") for f in by["arthur-again.jpg"]["flags"])
-    assert any(f.startswith("small: 64x64 is enlarged 2.0x") for f in by["thumb.png"]["flags"])
+    # enlargement is recorded and listed once in the summary, not flagged on the row
+    assert by["thumb.png"]["enlarged"] == 2.0 and not any("enlarged" in f for f in by["thumb.png"]["flags"])
+    assert record["summary"]["small"] == ["thumb.png"] and result.stdout.count("enlarged") == 1
     assert any(f.startswith("blurry") for f in by["shaky.jpg"]["flags"])
     assert not any(f.startswith("blurry") for f in by["arthur.jpg"]["flags"])
 
@@ -140,6 +160,15 @@ def test_ingest_cli_on_a_messy_folder(tmp_path):
     assert by["stranger.png"]["faces"] == 1 and by["stranger.png"]["person"] is False
     assert any(f.startswith("person not found") for f in by["stranger.png"]["flags"])
     assert record["summary"]["person_from"] == "reference photo arthur.jpg"
+    assert record["reference"].endswith("arthur.jpg") and record["faces_checked"]
+
+    # what trains by default: readable, not a copy, sharp, the person in it
+    out = {name: p["leave_out"] for name, p in by.items() if p["leave_out"]}
+    assert set(out) >= {"cut.jpg", "notes.jpg", "bomb.png", "copy-of-arthur.jpg", "stranger.png", "shaky.jpg"}
+    assert out["copy-of-arthur.jpg"].startswith("duplicate") and out["stranger.png"].startswith("person not found")
+    assert not by["arthur.jpg"]["leave_out"] and not by["with-friend.jpg"]["leave_out"]
+    assert not by["arthur-again.jpg"]["leave_out"]  # a near duplicate is flagged, not left out
+    assert (run / "photos.yaml").is_file()
     assert json.loads((run / "ingest" / "manifest.json").read_text())["summary"] == record["summary"]
     assert load_config(run / "config.yaml").dataset.photos == str(folder.resolve())
 

@@ -73,24 +73,28 @@ def _type_text(tp: Any) -> str:
     return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
-def _walk_fields(cls: type[BaseModel], prefix: str) -> Iterator[tuple[str, str, Any, str]]:
+def _walk_fields(cls: type[BaseModel], prefix: str, values: BaseModel | None) -> Iterator[tuple[str, str, Any, str]]:
     for name, field in cls.model_fields.items():
         key, tp = prefix + name, _bare(field.annotation)
         if _is_section(tp):
-            yield from _walk_fields(tp, key + ".")
+            yield from _walk_fields(tp, key + ".", getattr(values, name) if values is not None else None)
             continue
-        default = ... if field.is_required() else field.get_default(call_default_factory=True)
+        if values is not None:
+            default = getattr(values, name)
+        else:
+            default = ... if field.is_required() else field.get_default(call_default_factory=True)
         yield key, _type_text(field.annotation), default, field.description or ""
         if get_origin(tp) is list and _is_section(_bare(get_args(tp)[0])):
-            yield from _walk_fields(_bare(get_args(tp)[0]), key + "[].")
+            yield from _walk_fields(_bare(get_args(tp)[0]), key + "[].", None)
 
 
-def iter_fields(cfg_cls: type[BaseModel] = Config) -> Iterator[tuple[str, str, Any, str]]:
+def iter_fields(cfg_cls: type[BaseModel] = Config, values: BaseModel | None = None) -> Iterator[tuple[str, str, Any, str]]:
     """Yield (dotted key, type as text, default, help) for every setting, in schema order.
 
+    With `values` (a Config, e.g. a preset's), the third item is its value instead of the schema default.
     Items of a list of sections appear as `generate.loras[].path`; a required field's default is `...`.
     """
-    yield from _walk_fields(cfg_cls, "")
+    yield from _walk_fields(cfg_cls, "", values)
 
 
 # ---------------------------------------------------------------- error messages
@@ -416,14 +420,17 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, preset: str | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the preset, then the YAML file at `path`, then `section.key=value` overrides.
+def load_config(path: str | Path | None = None, preset: str | None = None, overrides: Sequence[str] = (),
+                base: tuple[str, dict] | None = None) -> Config:
+    """Defaults, then the preset, then `base` (a (label, settings) layer, e.g. a run's own settings), then
+    the YAML file at `path`, then `section.key=value` overrides.
 
     The preset is `preset` if given, else a top-level `preset:` key (file or override), else flux1-dev.
     Raises ConfigError naming the file, dotted key, value seen and fix for every problem found.
     """
     overrides = [overrides] if isinstance(overrides, str) else overrides  # one override, not its characters
-    user = [(str(path), _read_yaml(Path(path), str(path)))] if path is not None else []
+    user = [base] if base else []
+    user += [(str(path), _read_yaml(Path(path), str(path)))] if path is not None else []
     user += [(f"override {o!r}", _parse_override(o)) for o in overrides]
     name = _choose_preset(preset, user)
     layers = [(f"preset '{name}'", _read_yaml(PRESETS_DIR / f"{name}.yaml", f"preset '{name}'")), *user]
@@ -432,6 +439,21 @@ def load_config(path: str | Path | None = None, preset: str | None = None, overr
         merged = _deep_merge(merged, data)
     merged["preset"] = name
     return _validate(merged, layers)
+
+
+def own_settings(cfg: Config) -> dict:
+    """The settings of `cfg` that differ from its preset's, nested like the YAML ({'lora': {'rank': 8}}):
+    what the user chose, to carry over when a run switches preset."""
+    ours, theirs = flat_settings(cfg), flat_settings(load_config(preset=cfg.preset))
+    nested: dict = {}
+    for key, value in ours.items():
+        if key != "preset" and theirs.get(key) != value:
+            *parents, leaf = key.split(".")
+            node = nested
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return nested
 
 
 def flat_settings(cfg, sections=None) -> dict:

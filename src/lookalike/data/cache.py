@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lookalike.data.buckets import fit, training_size
-from lookalike.data.photos import Photo, find_grounding, find_photos, load_rgb
+from lookalike.data.photos import LEAVE_OUT, Photo, find_grounding, find_photos, load_rgb
 from lookalike.errors import ConfigError
 from lookalike.rundir import RunDir, write_json_atomic
 
@@ -45,18 +45,14 @@ def text_key(caption: str, model: str, dtype: str, max_sequence_length: int) -> 
     return _key("text", caption, model, dtype, max_sequence_length)
 
 
-def upright_size(path: Path) -> tuple[int, int]:
-    """(width, height) after EXIF orientation, read from the header without decoding the pixels."""
-    from PIL import Image
+def upright_size(path: Path, leave_out: str) -> tuple[int, int]:
+    """(width, height) after EXIF orientation of a photo that decodes; else a ConfigError naming the file."""
+    from lookalike.ingest.decode import PhotoRejected, usable_size
 
-    from lookalike.ingest.decode import register_heif
-
-    register_heif()
-
-    with Image.open(path) as im:
-        w, h = im.size
-        orientation = im.getexif().get(0x0112, 1)
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    try:
+        return usable_size(path)
+    except PhotoRejected as e:
+        raise ConfigError(f"photo {str(path)!r} cannot be used: {e.reason}; {leave_out}") from None
 
 
 def preview_prompts(cfg) -> list[str]:
@@ -93,7 +89,7 @@ class CacheReport:
     reused: int
 
 
-def _plan(cfg, photos: list[Photo], model: str, dtype: str, grounding: int = 0) -> dict:
+def _plan(cfg, photos: list[Photo], model: str, dtype: str, grounding: int = 0, leave_out: str = LEAVE_OUT) -> dict:
     """The index to write: one entry per photo, plus the empty caption and the preview prompts.
 
     The last `grounding` photos are grounding photos (other people): never held out, marked in the index.
@@ -102,7 +98,7 @@ def _plan(cfg, photos: list[Photo], model: str, dtype: str, grounding: int = 0) 
     held = split_holdout(len(photos) - grounding, cfg.dataset.holdout, cfg.runtime.seed)
     items = []
     for i, p in enumerate(photos):
-        size = training_size(*upright_size(p.path), cfg.dataset.resolution, cfg.dataset.aspect)
+        size = training_size(*upright_size(p.path, leave_out), cfg.dataset.resolution, cfg.dataset.aspect)
         sha = hashlib.sha256(p.path.read_bytes()).hexdigest()
         items.append({
             "photo": str(p.path), "caption": p.caption, "size": list(size), "holdout": i in held,
@@ -147,14 +143,21 @@ def build_cache(cfg, run: RunDir) -> CacheReport:
     from lookalike.models.flux import model_source, source_identity
     from lookalike.runtime import training_runtime
 
-    photos = find_photos(cfg.dataset.photos, cfg.dataset.trigger, cfg.dataset.missing_trigger)
+    from lookalike.data.selection import current_selection, leave_out_hint
+    from lookalike.rundir import ensure_writable
+
+    selection = current_selection(cfg, run)
+    log.info("cache: %s", selection.line(run))
+    hint = leave_out_hint(run)
+    photos = find_photos(cfg.dataset.photos, cfg.dataset.trigger, cfg.dataset.missing_trigger, selection.used, hint)
     grounding = find_grounding(cfg.dataset.grounding, cfg.dataset.trigger)
     photos += grounding
     check_dataset_size(len(photos), cfg)
     source = model_source(cfg.model)
     runtime = training_runtime(cfg)
     dtype_name = str(runtime.dtype).removeprefix("torch.")
-    index = _plan(cfg, photos, source_identity(source), dtype_name, grounding=len(grounding))
+    index = _plan(cfg, photos, source_identity(source), dtype_name, grounding=len(grounding), leave_out=hint)
+    ensure_writable(run.root, "the run folder", "choose a run folder you can write to")
     folder = run.stage(STAGE)
     texts = {it["text"]: it["caption"] for it in index["items"]}
     texts[index["empty"]] = ""
@@ -163,8 +166,8 @@ def build_cache(cfg, run: RunDir) -> CacheReport:
     todo_texts = {k: v for k, v in texts.items() if not (folder / "text" / f"{k}.safetensors").exists()}
     todo_prompts = {k: v for k, v in prompt_texts.items() if not (folder / "text" / f"{k}.safetensors").exists()}
     if todo_latents or todo_texts or todo_prompts:
-        _encode(cfg, source, runtime, folder, todo_latents, todo_texts, todo_prompts)
-    write_json_atomic(folder / INDEX, index)
+        _encode(cfg, source, runtime, folder, todo_latents, todo_texts, todo_prompts, hint)
+    write_json_atomic(run.cache_index, index)
     n_texts = len(todo_texts) + len(todo_prompts)
     report = CacheReport(folder, len(index["items"]), len(todo_latents), n_texts,
                          len(index["items"]) - len(todo_latents))
@@ -177,7 +180,7 @@ def build_cache(cfg, run: RunDir) -> CacheReport:
     return report
 
 
-def _encode(cfg, source, runtime, folder: Path, latents: dict, texts: dict, prompts: dict) -> None:
+def _encode(cfg, source, runtime, folder: Path, latents: dict, texts: dict, prompts: dict, leave_out: str) -> None:
     """Load the VAE and text encoders (not the transformer), encode, then free them."""
     import torch
 
@@ -187,7 +190,7 @@ def _encode(cfg, source, runtime, folder: Path, latents: dict, texts: dict, prom
     pipe = load_pipeline(source, runtime.dtype, with_transformer=False)
     pipe.vae.to(runtime.device)
     for key, item in latents.items():
-        image = fit(load_rgb(Path(item["photo"])), tuple(item["size"]))
+        image = fit(load_rgb(Path(item["photo"]), leave_out), tuple(item["size"]))
         _save({"latent": encode_latent(pipe.vae, image, runtime.device, runtime.dtype)},
               folder / "latents" / f"{key}.safetensors")
     pipe.vae.to("cpu")
@@ -234,10 +237,10 @@ def load_cache(run: RunDir) -> CachedSet:
 
     from lookalike.generate import PromptEmbedding
 
-    folder = run.root / STAGE
-    if not (folder / INDEX).exists():
-        raise ConfigError(f"{folder / INDEX} does not exist: run `lookalike cache {run.root}` first")
-    index = json.loads((folder / INDEX).read_text())
+    folder = run.cache_index.parent
+    if not run.cache_index.exists():
+        raise ConfigError(f"{run.cache_index} does not exist: run `lookalike cache {run.root}` first")
+    index = json.loads(run.cache_index.read_text())
 
     def text(key):
         t = load_file(str(folder / "text" / f"{key}.safetensors"))

@@ -122,3 +122,12 @@ def decode(path: str | Path, max_pixels: int = MAX_PIXELS, draft_side: int | Non
         raise PhotoRejected(path, f"not an image Pillow can read{hint}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise PhotoRejected(path, f"damaged or truncated file ({e}); export it again from the phone") from None
+
+
+def usable_size(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """The upright (w, h) of a photo that decodes, or PhotoRejected with the reason.
+
+    Decodes the whole file (JPEGs at a reduced DCT scale, so it is quick): a truncated file is caught
+    here, before any model is loaded, and not half-way through encoding.
+    """
+    return decode(path, max_pixels, draft_side=256).full_size

@@ -44,7 +44,9 @@ class PhotoCheck:
     person_distance: float | None = None
     position: str | None = None  # left, center or right: where the person is
     training_size: tuple[int, int] | None = None
+    enlarged: float | None = None  # > 1: the crop is enlarged this much to the training size (in the summary)
     flags: list[str] = field(default_factory=list)
+    leave_out: str | None = None  # why training leaves it out by default (None: it trains)
 
 
 @dataclass
@@ -52,6 +54,8 @@ class DoctorReport:
     folder: str
     person_from: str  # "reference photo X", "the face in most photos (N)", or "no face found"
     photos: list[PhotoCheck]
+    faces_checked: bool = True  # faces found in most usable photos: the person decides what trains
+    reference: str | None = None  # the photo of the person sent with every caption request
 
     @property
     def usable(self) -> list[PhotoCheck]:
@@ -72,10 +76,15 @@ class DoctorReport:
             "flags": kinds,
             "person_found": sum(1 for p in self.photos if p.person),
             "person_from": self.person_from,
+            "faces_checked": self.faces_checked,
+            "reference": self.reference,
+            "left_out": sum(1 for p in self.photos if p.leave_out),
+            "small": [p.file for p in self.photos if p.enlarged and p.enlarged > 1],
         }
 
     def to_json(self) -> dict:
-        return {"folder": self.folder, "summary": self.summary(), "photos": [asdict(p) for p in self.photos]}
+        return {"folder": self.folder, "summary": self.summary(), "faces_checked": self.faces_checked,
+                "reference": self.reference, "photos": [asdict(p) for p in self.photos]}
 
 
 # ---------------------------------------------------------------- the checks, as pure functions
@@ -110,19 +119,55 @@ def upscale_factor(width: int, height: int, size: tuple[int, int]) -> float:
     return max(size[0] / (right - left), size[1] / (bottom - top))
 
 
+def original_first(check: PhotoCheck) -> tuple:
+    """Sort key that puts an original before its copies: copies get longer names ("IMG_1 copy.jpg",
+    "IMG_1(1).jpg", "copy-of-IMG_1.jpg"), so the shortest name is taken as the original, then by name."""
+    return len(check.file), check.file
+
+
 def duplicate_flags(checks: list[PhotoCheck], max_bits: int) -> None:
-    """Flag each photo that repeats an earlier one: the same bytes, or a perceptual hash within `max_bits`."""
+    """Flag each photo that repeats another: the same bytes (`duplicate`), the same shot saved in another
+    format under the same stem (`same shot`, e.g. IMG_1.HEIC and IMG_1.JPG), or a perceptual hash within
+    `max_bits` (`near duplicate`, only flagged: bursts and similar scenes can be worth keeping). The flag
+    lands on the copy (see `original_first`), never on the original."""
     seen: list[PhotoCheck] = []
-    for check in checks:
-        if not check.usable:
-            continue
+    for check in sorted((c for c in checks if c.usable), key=original_first):
         same = next((e for e in seen if e.sha256 == check.sha256), None)
         near = min(seen, key=lambda e: hamming(check.phash, e.phash), default=None)
+        bits = hamming(check.phash, near.phash) if near is not None else 64
         if same is not None:
             check.flags.append(f"duplicate: the same file as {same.file}")
-        elif near is not None and (bits := hamming(check.phash, near.phash)) <= max_bits:
+        elif near is not None and bits <= max_bits and Path(near.file).stem == Path(check.file).stem:
+            check.flags.append(f"same shot: {near.file} in another format ({bits} of 64 hash bits differ)")
+        elif near is not None and bits <= max_bits:
             check.flags.append(f"near duplicate: looks like {near.file} ({bits} of 64 hash bits differ)")
         seen.append(check)
+
+
+def stem_flags(checks: list[PhotoCheck]) -> None:
+    """Flag photos that share a stem: each has its own caption file, `IMG_1.HEIC.txt` and `IMG_1.JPG.txt`."""
+    by_stem: dict[str, list[PhotoCheck]] = {}
+    for check in checks:
+        if Path(check.file).suffix.lower() in IMAGE_SUFFIXES:
+            by_stem.setdefault(Path(check.file).stem, []).append(check)
+    for group in (g for g in by_stem.values() if len(g) > 1):
+        for check in group:
+            others = ", ".join(c.file for c in group if c is not check)
+            check.flags.append(f"shares its name with {others}: its caption file is {check.file}.txt")
+
+
+def leave_out_reason(check: PhotoCheck, faces_checked: bool) -> str | None:
+    """Why training leaves this photo out by default, or None: unreadable, not a photo file, a duplicate,
+    the same shot again, blurry, or (when faces decide) the person not in it."""
+    if not check.usable:
+        return f"cannot be read: {check.reason}"
+    for flag in check.flags:
+        kind = flag.split(":")[0]
+        if kind in ("duplicate", "same shot", "blurry", "not used by training"):
+            return flag
+        if faces_checked and kind in ("person not found", "no face found"):
+            return flag
+    return None
 
 
 def pick_person(faces_per_photo: list[list["Face"]], distance: float) -> np.ndarray | None:  # noqa: F821
@@ -230,14 +275,20 @@ def examine(folder: str | Path, cfg, reference: Path | None = None,
             on_photo(check)
 
     duplicate_flags(checks, doc.near_duplicate_bits)
+    stem_flags(checks)
     if reference is not None:
         person, person_from = reference_face(reference, cfg).embedding, f"reference photo {reference.name}"
     else:
         person = pick_person(faces_of, doc.face_distance)
         found = sum(any(face_distance(f.embedding, person) < doc.face_distance for f in fs) for fs in faces_of) if person is not None else 0
         person_from = f"the face in most photos ({found})" if person is not None else "no face found in any photo"
+    usable = [c for c in checks if c.usable]
+    faces_checked = bool(usable) and sum(1 for c in usable if c.faces) * 2 >= len(usable)
+    best = None  # (face area, name) of the clearest single-face photo of the person: the default reference
     for check, faces, width in zip(checks, faces_of, widths):
         if not check.usable or person is None or not faces:
+            if check.usable and not faces and faces_checked:
+                check.flags.append("no face found")
             continue
         distances = [face_distance(f.embedding, person) for f in faces]
         nearest = int(np.argmin(distances))
@@ -245,10 +296,16 @@ def examine(folder: str | Path, cfg, reference: Path | None = None,
         check.person = distances[nearest] < doc.face_distance
         if check.person:
             check.position = frame_position(faces[nearest], width)
+            area = faces[nearest].area / max(1, width) ** 2  # a share of the photo: draft decoding shrinks pixels
+            if len(faces) == 1 and not check.flags and (best is None or area > best[0]):
+                best = (area, check.file)
         else:
             check.flags.append(f"person not found: {len(faces)} face(s), none within {doc.face_distance} of the person "
                                f"(nearest {distances[nearest]:.2f})")
-    return DoctorReport(str(folder), person_from, checks)
+    for check in checks:
+        check.leave_out = leave_out_reason(check, faces_checked)
+    chosen = str(reference) if reference is not None else (str(folder / best[1]) if best else None)
+    return DoctorReport(str(folder), person_from, checks, faces_checked, chosen)
 
 
 def _photo_sharpness(image, faces) -> float:
@@ -265,14 +322,10 @@ def _photo_sharpness(image, faces) -> float:
 
 
 def _local_flags(check: PhotoCheck, path: Path, size: tuple[int, int], doc) -> None:
-    """Flags one photo earns on its own (duplicates and identity need the whole folder)."""
+    """Flags one photo earns on its own (duplicates and identity need the whole folder). Enlargement is
+    recorded, not flagged: most phone photos are fine, and the summary lists the small ones once."""
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         check.flags.append(f"not used by training: rename it with one of {', '.join(sorted(IMAGE_SUFFIXES))}")
-    factor = upscale_factor(check.width, check.height, size)
-    if factor > 1.0:
-        check.flags.append(f"small: {check.width}x{check.height} is enlarged {factor:.1f}x to the training size "
-                           f"{size[0]}x{size[1]}; use a larger original")
+    check.enlarged = round(upscale_factor(check.width, check.height, size), 2)
     if check.sharpness is not None and check.sharpness < doc.min_sharpness:
         check.flags.append(f"blurry: sharpness {check.sharpness:.0f} < doctor.min_sharpness {doc.min_sharpness:g}")
-    if check.faces == 0:
-        check.flags.append("no face found")

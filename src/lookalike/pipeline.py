@@ -1,0 +1,211 @@
+"""`lookalike fit`: the stages in order, from a folder of photos to a LoRA and a report.
+
+    ingest -> caption -> cache -> train -> eval -> report
+
+Each stage is skipped when its outputs are current (the files and manifests of the run folder say
+so), so running the same `fit` again after a failure or Ctrl-C continues where it stopped: captions
+already bought are not bought again, training resumes from its last state, checkpoints already
+evaluated are not drawn again. Before anything is paid for (caption requests, training time) the
+cost is printed and confirmed. The stages are the same functions the single verbs call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lookalike.errors import ConfigError
+from lookalike.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitOptions:
+    command: str  # the command line, repeated in messages that say how to continue
+    env_file: Path | None = None
+    yes: bool = False  # skip the confirmation
+    confirm: Callable[[str], bool] | None = None  # asks the user; None: not interactive
+
+
+@dataclass
+class FitResult:
+    report: Path
+    lora: Path | None
+    lora_why: str
+    recommendation: dict | None
+
+
+def fit(cfg, rd: RunDir, opts: FitOptions, say: Callable[[str], None]) -> FitResult:
+    """Run every stage that is not current yet; `say` prints one line per stage."""
+    again = f"run the same command again to continue: {opts.command}"
+    selection = _ingest(cfg, rd, say)
+    captions = _caption_plan(cfg, rd, opts, say)
+    steps, resume = _train_plan(cfg, rd, selection)
+    _confirm(cfg, opts, captions, steps, resume, say)
+    if captions:
+        _caption(cfg, rd, opts, again, say)
+    _train(cfg, rd, steps, resume, again, say)
+    metrics = _evaluate(cfg, rd, say)
+    return _report(cfg, rd, metrics, say)
+
+
+# ---------------------------------------------------------------- the stages
+
+
+def _ingest(cfg, rd: RunDir, say):
+    from lookalike.data.selection import current_selection
+    from lookalike.ingest.stage import ingest_stage, is_current
+
+    if is_current(cfg, rd):
+        say("ingest: up to date (the photos have not changed since the doctor checked them)")
+    else:
+        report, _ = ingest_stage(cfg, rd)
+        s = report.summary()
+        say(f"ingest: {s['files']} files, {s['usable']} readable; the person ({s['person_from']}) found in "
+            f"{s['person_found']}" + ("" if report.faces_checked else "; faces found in too few photos to "
+                                      "decide by face") + f" (table: lookalike ingest {cfg.dataset.photos} --run {rd.root})")
+    selection = current_selection(cfg, rd, refresh=False)
+    say(f"photos: {selection.line(rd)}")
+    if not selection.used:
+        raise ConfigError(f"no photo of {cfg.dataset.photos} can train (reasons above); add photos of the person, "
+                          f"or bring some back with `include:` in {rd.selection_path}")
+    return selection
+
+
+def _caption_plan(cfg, rd: RunDir, opts: FitOptions, say) -> dict | None:
+    """The dry run of the caption stage: None when every photo has a caption, else its estimate."""
+    from lookalike.caption.agent import caption_stage
+
+    report = caption_stage(cfg, rd, opts.env_file, dry_run=True)
+    est = report.estimate
+    if not est["requests"]:
+        say(f"caption: every photo has a caption ({report.actions['user']} written by you, "
+            f"{report.actions['cached'] + report.actions['restore']} from earlier runs)")
+        return None
+    cost = f"about ${est['cost_usd']:.4f}" if est["cost_usd"] is not None else "cost unknown (set caption.price_in/price_out)"
+    say(f"caption: {est['requests']} photo(s) to caption with {report.endpoint.model} at {report.endpoint.base_url}: "
+        f"{est['requests']} request(s), ~{est['input_tokens'] + est['output_tokens']} tokens, {cost}")
+    return est
+
+
+def _train_plan(cfg, rd: RunDir, selection) -> tuple[int, bool]:
+    """(steps still to train, resume?) from the run's state and the recipe."""
+    from lookalike.data.buckets import training_size
+    from lookalike.data.loader import make_plan
+    from lookalike.data.photos import find_grounding
+    from lookalike.ingest.decode import PhotoRejected, usable_size
+    from lookalike.ingest.stage import read_record
+
+    sizes = {p["file"]: tuple(p["training_size"]) for p in (read_record(rd) or {}).get("photos", [])
+             if p.get("training_size")}
+    square = (cfg.dataset.resolution, cfg.dataset.resolution)
+    shapes = [sizes.get(name, square) for name in selection.used]
+    for photo in find_grounding(cfg.dataset.grounding, cfg.dataset.trigger):
+        try:
+            shapes.append(training_size(*usable_size(photo.path), cfg.dataset.resolution, cfg.dataset.aspect))
+        except PhotoRejected:
+            shapes.append(square)  # the cache stage names it
+    shapes = shapes[cfg.dataset.holdout:] if cfg.dataset.holdout < len(shapes) else shapes
+    total = make_plan(shapes, cfg, cfg.train.devices * cfg.train.num_nodes).total_steps
+    manifest = RunDir.read_manifest(rd.train_dir)
+    if manifest is not None and rd.lora.is_file():
+        return max(0, total - int(manifest.get("steps", 0))), False
+    if rd.resume_checkpoint.is_file():
+        import torch
+
+        done = int(torch.load(rd.resume_checkpoint, map_location="cpu", weights_only=False).get("global_step", 0))
+        return max(0, total - done), True
+    return total, False
+
+
+def _confirm(cfg, opts: FitOptions, captions: dict | None, steps: int, resume: bool, say) -> None:
+    """Say what will be paid for; go on only with --yes or the user's yes."""
+    from lookalike.estimate import training_estimate
+    from lookalike.runtime import training_runtime
+
+    runtime = training_runtime(cfg)
+    gpu = None
+    if runtime.device.type == "cuda":
+        import torch
+
+        gpu = torch.cuda.get_device_name(runtime.device)
+    if steps:
+        est = training_estimate(cfg, steps, runtime.device.type, gpu)
+        say(f"train: {'resume, ' if resume else ''}{est.line()} on {runtime.device}")
+    if not (captions or steps) or opts.yes:
+        return
+    what = " and ".join(x for x in (f"{captions['requests']} caption request(s)" if captions else "",
+                                    f"{steps} training steps" if steps else "") if x)
+    if opts.confirm is None:
+        raise ConfigError(f"fit would now spend {what}; add --yes to go ahead (nothing was sent or trained)")
+    if not opts.confirm(f"go ahead with {what}?"):
+        raise ConfigError(f"stopped before {what}; nothing was sent or trained. Add --yes to skip the question")
+
+
+def _caption(cfg, rd: RunDir, opts: FitOptions, again: str, say) -> None:
+    from lookalike.caption.agent import caption_stage
+
+    report = caption_stage(cfg, rd, opts.env_file, resume_hint=again)
+    a = report.actions
+    say(f"caption: {a['request']} captioned by {report.endpoint.model} ({report.requests} requests), "
+        f"{len(report.flagged)} flagged; review: {report.review}")
+
+
+def _train(cfg, rd: RunDir, steps: int, resume: bool, again: str, say) -> None:
+    from lookalike.data.cache import build_cache
+    from lookalike.train.run import train_stage
+
+    cache = build_cache(cfg, rd)
+    say(f"cache: {cache.items} photos ({cache.latents_encoded} latents and {cache.texts_encoded} texts encoded, "
+        f"{cache.reused} reused)")
+    if not steps:
+        say(f"train: done ({RunDir.read_manifest(rd.train_dir).get('steps')} steps); LoRA {rd.lora}")
+        return
+    report = train_stage(cfg, rd, resume=resume, resume_hint=again)
+    say(f"train: {report.steps} steps; LoRA {report.lora} (ComfyUI: {report.kohya.name})")
+
+
+def _evaluate(cfg, rd: RunDir, say) -> dict:
+    import json
+
+    from lookalike.evaluate.judges import make_judge
+    from lookalike.evaluate.run import evaluate_run, find_checkpoints
+
+    checkpoints = find_checkpoints(rd)
+    done = set()
+    if rd.eval_metrics.is_file():
+        metrics = json.loads(rd.eval_metrics.read_text())
+        done = {r["step"] for r in metrics.get("checkpoints", [])}
+    todo = [c.step for c in checkpoints if c.step not in done]
+    if not todo:
+        say(f"eval: up to date ({len(checkpoints)} checkpoints)")
+        return metrics
+    judge = make_judge(cfg, rd)
+    say(f"eval: drawing {judge.suite.images * (1 + len(todo))} images (the base and {len(todo)} checkpoint(s))")
+    return evaluate_run(cfg, rd, todo, judge)
+
+
+def _report(cfg, rd: RunDir, metrics: dict, say) -> FitResult:
+    from lookalike.evaluate.recommend import run_lora
+    from lookalike.evaluate.report import write_report
+
+    path = write_report(cfg, rd)
+    rec = metrics.get("recommendation") or {}
+    lora, why = run_lora(rd)
+    say(f"report: {path}")
+    say(f"LoRA: {lora} ({why})" if rec.get("name") else f"no checkpoint recommended: {rec.get('reason')}")
+    return FitResult(path, lora, why, rec)
+
+
+def steps_epochs(steps: int | None, epochs: int | None) -> list[str]:
+    """--steps / --epochs as config overrides: --steps caps the run at that many optimiser steps."""
+    out = []
+    if steps is not None:
+        out += [f"train.max_steps={steps}", f"train.epochs={max(1, math.ceil(steps))}"]
+    if epochs is not None:
+        out.append(f"train.epochs={epochs}")
+    return out
