@@ -69,6 +69,7 @@ def test_run_config_is_reused_and_nothing_is_overwritten(twin_dir, tmp_path):
     for _ in range(2):
         out = _run(["generate", "-f", str(prompts), "--run", str(run)], cwd=tmp_path)
         assert out.returncode == 0, out.stderr
+        assert "LoRA: none yet in" in " ".join(out.stderr.split())  # a run that has not trained: the base model
     folders = sorted((run / "generate").iterdir())
     assert len(folders) == 2
     for f in folders:

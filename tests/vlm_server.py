@@ -13,7 +13,9 @@ request at a time (then "ok"):
     "garbage"     a 200 whose body is not valid JSON
     "markdown"    the caption wrapped in **"..."**
 
-Every request is recorded (its images decoded, its messages, its headers) for the tests to inspect.
+Every request is recorded (its images decoded, its messages, its headers, when it came and when it was
+answered) for the tests to inspect. `Script.latency` makes every answer take that long (the Ctrl-C
+tests use 1 s, so that requests are still in flight when the signal comes).
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ class Seen:
     images: list  # PIL images, in the order the request carried them
     messages: list
     authorization: str | None
-    at: float
+    at: float  # when the request came (time.time())
     status: int = 0
+    done: float = 0.0  # when the answer had been sent; 0 while in flight
 
 
 @dataclass
@@ -132,6 +135,7 @@ class VLMServer:
                 finally:
                     with server.lock:
                         server.in_flight -= 1
+                        seen.done = time.time()
 
             def _answer(self, seen: Seen, body: dict):
                 script = server.script

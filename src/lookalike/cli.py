@@ -113,14 +113,29 @@ def generate(
     cfg = _load_config(preset, config, overrides, run)
     if lora:
         cfg.generate.loras = [parse_lora_arg(x) for x in lora]
+    elif run is not None and not cfg.generate.loras:  # a run's images are drawn with the run's LoRA
+        from lookalike.config import LoraSpec
+        from lookalike.evaluate.recommend import final_lora, run_lora
+        from lookalike.rundir import RunDir
+
+        rd = RunDir(run)
+        if final_lora(rd) is None and not rd.eval_metrics.is_file():
+            console.print(f"LoRA: none yet in {rd.root}: drawing with the base model (train first, or give --lora PATH)",
+                          markup=False, highlight=False, soft_wrap=True)
+        else:
+            path, why = run_lora(rd)
+            cfg.generate.loras = [LoraSpec(path=str(path))]
+            console.print(f"LoRA: {path}, {why}", markup=False, highlight=False, soft_wrap=True)
     texts = read_prompts(prompts or [], prompts_file)
     folder = _output_folder(run, out)
     _run_generate(cfg, texts, folder)
 
 
 def _output_folder(run: Path | None, out: Path | None) -> Path:
-    from lookalike.rundir import RunDir
+    from lookalike.rundir import RunDir, ensure_writable
 
+    target = out if out is not None else Path(run if run is not None else "runs") / "generate"
+    ensure_writable(target, "the output folder", "give a folder you can write to with --out")
     if out is not None:
         return out
     return RunDir(run if run is not None else "runs").new_stage_folder("generate")
@@ -184,7 +199,6 @@ def ingest(
 
     from lookalike.ingest.doctor import candidate_files, check_folder
     from lookalike.ingest.stage import ingest_stage, print_report
-    from lookalike.rundir import RunDir
 
     folder = check_folder(photos)
     run = run if run is not None else Path("runs") / folder.resolve().name
@@ -225,7 +239,6 @@ def caption(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from lookalike.caption.agent import caption_stage
-    from lookalike.rundir import RunDir
 
     overrides = list(set_ or [])
     for key, value in (("reference", reference), ("provider", provider), ("model", model), ("base_url", base_url),
@@ -313,8 +326,8 @@ def fit(
     confirm = (lambda question: typer.confirm(question, default=False)) if sys.stdin.isatty() else None
     options = FitOptions(shlex.join(["lookalike", *sys.argv[1:]]), env_file, yes, confirm)
     console.print(f"fit: {folder} -> {rd.root} (preset {cfg.preset}, trigger {cfg.dataset.trigger!r})")
-    result = run_fit(cfg, rd, options, lambda line: console.print(line, markup=False, highlight=False))
-    print(result.report)
+    result = run_fit(cfg, rd, options, lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    print(result.report or result.lora)
 
 
 @app.command()
@@ -328,7 +341,6 @@ def cache(
 ) -> None:
     """Encode photos and captions once (VAE latents, T5 and CLIP embeddings); re-runs encode only changes."""
     from lookalike.data.cache import build_cache
-    from lookalike.rundir import RunDir
 
     _quiet_libraries()
     cfg, rd = _prepare_run(run, photos, trigger, preset, config, set_, training=False)
@@ -350,7 +362,6 @@ def train(
 ) -> None:
     """Cache, then train the LoRA: checkpoints, previews, a progress GIF, and the exported LoRA files."""
     from lookalike.data.cache import build_cache
-    from lookalike.rundir import RunDir
     from lookalike.train.run import is_child_process, train_stage
 
     _quiet_libraries()
@@ -398,7 +409,7 @@ def demo(
         raise LookalikeError(f"{folder} already holds a demo run; give a new folder (nothing was deleted)")
     console.print(f"toy world demo in {folder}: Arthur's photos, LoRA training on the toy FLUX, then the metrics")
     result = run_demo(folder, list(set_ or []), suite_size=(10, 10, seeds), others=others)
-    console.print(result["table"], markup=False, highlight=False)
+    console.print(result["table"], markup=False, highlight=False, soft_wrap=True)
     console.print(f"training {result['train_seconds']:.0f} s ({result['steps']} steps), sampling "
                   f"{result['sampling_seconds']:.0f} s ({result['images']} images), {result['total_seconds']:.0f} s in all")
     console.print(f"photos: {folder / 'photos'}\nprogress GIFs and previews: {folder / 'train'}\n"
@@ -442,7 +453,7 @@ def eval_(
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("eval", total=judge.suite.images * (1 + len(checkpoints)))
         result = evaluate_run(cfg, rd, step, judge, on_image=lambda _: bar.advance(task))
-    console.print(markdown(result), markup=False, highlight=False)
+    console.print(markdown(result), markup=False, highlight=False, soft_wrap=True)
     print(rd.root / "eval" / "metrics.json")
 
 

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lookalike.errors import ConfigError
+from lookalike.errors import ConfigError, Interrupted, LookalikeError
+from lookalike.evaluate.recommend import run_lora
 from lookalike.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class FitOptions:
 
 @dataclass
 class FitResult:
-    report: Path
+    report: Path | None  # None: likeness could not be measured, so no report was written
     lora: Path | None
     lora_why: str
     recommendation: dict | None
@@ -41,15 +42,22 @@ class FitResult:
 
 def fit(cfg, rd: RunDir, opts: FitOptions, say: Callable[[str], None]) -> FitResult:
     """Run every stage that is not current yet; `say` prints one line per stage."""
-    again = f"run the same command again to continue: {opts.command}"
+    again = f"run the same command again: `{opts.command}`"
     selection = _ingest(cfg, rd, say)
     captions = _caption_plan(cfg, rd, opts, say)
     steps, resume = _train_plan(cfg, rd, selection)
+    no_eval = _eval_plan(cfg, rd, selection)
+    if no_eval:
+        say(f"eval: cannot measure likeness ({no_eval}); fit will train and export the LoRA without a report")
     _confirm(cfg, opts, captions, steps, resume, say)
     if captions:
         _caption(cfg, rd, opts, again, say)
     _train(cfg, rd, steps, resume, again, say)
-    metrics = _evaluate(cfg, rd, say)
+    metrics = None if no_eval else _evaluate(cfg, rd, say)
+    if metrics is None:
+        lora, why = run_lora(rd)
+        say(f"LoRA: {lora} ({why}); no report: likeness could not be measured")
+        return FitResult(None, lora, why, None)
     return _report(cfg, rd, metrics, say)
 
 
@@ -111,15 +119,31 @@ def _train_plan(cfg, rd: RunDir, selection) -> tuple[int, bool]:
             shapes.append(square)  # the cache stage names it
     shapes = shapes[cfg.dataset.holdout:] if cfg.dataset.holdout < len(shapes) else shapes
     total = make_plan(shapes, cfg, cfg.train.devices * cfg.train.num_nodes).total_steps
-    manifest = RunDir.read_manifest(rd.train_dir)
-    if manifest is not None and rd.lora.is_file():
-        return max(0, total - int(manifest.get("steps", 0))), False
-    if rd.resume_checkpoint.is_file():
-        import torch
+    from lookalike.train.callbacks import checkpoint_step
 
-        done = int(torch.load(rd.resume_checkpoint, map_location="cpu", weights_only=False).get("global_step", 0))
-        return max(0, total - done), True
+    manifest = RunDir.read_manifest(rd.train_dir)
+    if manifest is not None and rd.lora.is_file() and int(manifest.get("steps", 0)) >= total:
+        return 0, False  # trained to the end of this recipe
+    saved = checkpoint_step(rd.resume_checkpoint)
+    if saved is not None:  # stopped part-way, or the recipe now asks for more steps
+        return max(0, total - saved), True
     return total, False
+
+
+def _eval_plan(cfg, rd: RunDir, selection) -> str | None:
+    """Why the evaluation cannot run on these photos, or None. Likeness is measured against the faces of
+    the training photos: with no face found in any of them (drawings, faraway people) there is nothing to
+    measure against. The toy world has its own scorer."""
+    from lookalike.evaluate.suite import is_toy
+    from lookalike.ingest.stage import read_record
+
+    if is_toy(cfg):
+        return None
+    record = read_record(rd) or {}
+    faces = {p["file"]: p.get("faces") for p in record.get("photos", [])}
+    if selection.used and all(faces.get(name) == 0 for name in selection.used):
+        return f"the dataset doctor found no face in any of the {len(selection.used)} photos that train"
+    return None
 
 
 def _confirm(cfg, opts: FitOptions, captions: dict | None, steps: int, resume: bool, say) -> None:
@@ -169,7 +193,7 @@ def _train(cfg, rd: RunDir, steps: int, resume: bool, again: str, say) -> None:
     say(f"train: {report.steps} steps; LoRA {report.lora} (ComfyUI: {report.kohya.name})")
 
 
-def _evaluate(cfg, rd: RunDir, say) -> dict:
+def _evaluate(cfg, rd: RunDir, say) -> dict | None:
     import json
 
     from lookalike.evaluate.judges import make_judge
@@ -184,13 +208,18 @@ def _evaluate(cfg, rd: RunDir, say) -> dict:
     if not todo:
         say(f"eval: up to date ({len(checkpoints)} checkpoints)")
         return metrics
-    judge = make_judge(cfg, rd)
+    try:
+        judge = make_judge(cfg, rd)
+    except (ConfigError, Interrupted):
+        raise
+    except LookalikeError as e:  # e.g. no face the judge can read: the LoRA is made, say so and stop here
+        say(f"eval: skipped: {e}")
+        return None
     say(f"eval: drawing {judge.suite.images * (1 + len(todo))} images (the base and {len(todo)} checkpoint(s))")
     return evaluate_run(cfg, rd, todo, judge)
 
 
 def _report(cfg, rd: RunDir, metrics: dict, say) -> FitResult:
-    from lookalike.evaluate.recommend import run_lora
     from lookalike.evaluate.report import write_report
 
     path = write_report(cfg, rd)

@@ -7,43 +7,40 @@ For each photo the agent decides, from the files alone, whether a request is nee
     no .txt, a record with the same request key               -> the .txt is restored from the record
     otherwise                                                 -> ask the model
 
-Requests run `caption.concurrency` at a time. The `openai` SDK retries 429, 5xx and timeouts
-(`caption.retries`, honouring Retry-After); the agent re-asks, stating the violation, when a reply
-breaks a rule or is not valid JSON (`caption.reasks`), then repairs what is safe or flags the photo.
-A wrong key, an unknown model or a dead endpoint stops the run with a message naming the setting;
-captions already received stay on disk.
+Only what needs a request needs the reference photo, an API key and the endpoint: a folder whose
+photos all have captions is settled without them. Before the first request the folders written to
+are checked, then the endpoint. Requests run `caption.concurrency` at a time (see `pool`: Ctrl-C
+stops sending at once and keeps every answer received). The `openai` SDK retries 429, 5xx and
+timeouts (`caption.retries`, honouring Retry-After); the agent re-asks, stating the violation, when a
+reply breaks a rule or is not valid JSON (`caption.reasks`), then repairs what is safe or flags the
+photo. A wrong key, an unknown model or a dead endpoint stops the run with a message naming the
+setting; captions already received stay on disk.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lookalike.caption.checks import repair, violations
+from lookalike.caption.ask import AskContext, EndpointError, caption_photo, check_endpoint, make_client
+from lookalike.caption.pool import Presses, run_pool
 from lookalike.caption.prompt import (
-    OUTPUT_TOKENS_GUESS, data_url, image_tokens, jpeg_for_request, messages, request_key, system_prompt, text_tokens,
+    OUTPUT_TOKENS_GUESS, data_url, image_tokens, jpeg_for_request, request_key, system_prompt, text_tokens,
 )
 from lookalike.caption.providers import Endpoint, Redactor, api_key, endpoint
 from lookalike.caption.store import EDITED, EXISTING, MODEL, CaptionStore, Record, caption_path, text_sha
 from lookalike.data.photos import IMAGE_SUFFIXES, has_trigger
-from lookalike.errors import ConfigError, LookalikeError
-from lookalike.rundir import RunDir
-
-log = logging.getLogger(__name__)
+from lookalike.errors import ConfigError, Interrupted
+from lookalike.rundir import RunDir, ensure_writable
 
 STAGE = "caption"
 RECORDS = "captions.jsonl"
 REVIEW = "review.html"
-
-
-class EndpointError(LookalikeError):
-    """The endpoint cannot serve this run at all: no answer, key refused, model unknown."""
+RESUME_HINT = "run the same command again: it asks only for the photos with no caption"
 
 
 @dataclass
@@ -52,7 +49,7 @@ class Job:
 
     path: Path
     sha256: str
-    key: str
+    key: str | None  # None: no reference photo to key a request by, so a caption made under any key is kept
     action: str = "request"  # request, cached, restore, user
 
 
@@ -68,37 +65,38 @@ class CaptionReport:
     seconds: float = 0.0  # the whole stage
     request_seconds: float = 0.0  # from the first request sent to the last reply
     review: Path | None = None
+    answered: list[str] = field(default_factory=list)  # photos whose answer arrived this run (stored as it came)
+    interrupted: bool = False  # Ctrl-C stopped the requests
 
     @property
     def flagged(self) -> list[Record]:
         return [r for r in self.records if r.flags or r.caption is None]
 
 
-@dataclass
-class _Context:
-    """What every worker shares for one run."""
-
-    client: object
-    ep: Endpoint
-    cc: object
-    trigger: str
-    system: str
-    reference_url: str
-    redact: Redactor
-    stop: threading.Event = field(default_factory=threading.Event)
-    sent: int = 0  # chat requests made (the SDK's transport retries not counted)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
 # ---------------------------------------------------------------- deciding what to do
 
 
-def photo_files(folder: Path) -> list[Path]:
+def photo_files(cfg, rd: RunDir) -> list[Path]:
+    """The photos to caption: those that will train (the doctor's selection with RUN/photos.yaml, when
+    `lookalike ingest` has run; else every image of the folder less photos.yaml's `exclude:`). A photo
+    left out is never paid for."""
+    import logging
+
+    from lookalike.data.selection import current_selection
     from lookalike.ingest.doctor import candidate_files, check_folder
 
-    files = [p for p in candidate_files(check_folder(folder)) if p.suffix.lower() in IMAGE_SUFFIXES]
+    folder = Path(cfg.dataset.photos).expanduser()
+    selection = current_selection(cfg, rd, refresh=False)
+    if selection.doctor:
+        files = [folder / name for name in selection.used]
+    else:
+        files = [p for p in candidate_files(check_folder(folder))
+                 if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in selection.left_out]
+    if selection.left_out:
+        logging.getLogger(__name__).info("caption: %s", selection.line(rd))
     if not files:
-        raise ConfigError(f"dataset.photos = {str(folder)!r} holds no photos ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+        raise ConfigError(f"dataset.photos = {str(folder)!r} holds no photos to caption "
+                          f"({', '.join(sorted(IMAGE_SUFFIXES))}, less those left out in {rd.selection_path}); "
                           "point it at the folder of the person's photos")
     return files
 
@@ -106,22 +104,27 @@ def photo_files(folder: Path) -> list[Path]:
 def decide(job: Job, record: Record | None) -> str:
     """What a photo needs, from its .txt and its record (see the module docstring)."""
     txt = caption_path(job.path)
+    same_key = record is not None and job.key in (None, record.key)
     if txt.is_file():
-        ours = record is not None and record.source == MODEL and record.txt_sha256 == text_sha(txt.read_text(encoding="utf-8"))
+        ours = (record is not None and record.source == MODEL
+                and record.txt_sha256 == text_sha(txt.read_text(encoding="utf-8", errors="replace")))
         if ours:
-            return "cached" if record.key == job.key else "request"
+            return "cached" if same_key else "request"
         return "user"
-    if record is not None and record.source == MODEL and record.key == job.key and record.caption is not None:
+    if same_key and record.source == MODEL and record.caption is not None:
         return "restore"
-    if record is not None and record.key == job.key and record.final:
+    if same_key and record.source == MODEL and record.final:
         return "cached"  # answered before (a refusal, a skipped file): its flag stands, nothing is paid again
-    return "request"
+    return "request"  # includes a user's caption whose file was deleted: "delete the file to have one made"
 
 
 def user_record(job: Job, record: Record | None, trigger: str) -> Record:
     """The record of a caption the user wrote (or edited): used as it is, trigger-checked."""
-    text = caption_path(job.path).read_text(encoding="utf-8")
-    caption = text.strip()
+    from lookalike.data.photos import read_caption
+
+    path = caption_path(job.path)
+    text = path.read_text(encoding="utf-8", errors="replace")  # hashed to notice later edits
+    caption = read_caption(path)  # not UTF-8: read as Windows-1252, with a warning naming the file
     source = EDITED if record is not None and record.source in (MODEL, EDITED) else EXISTING
     flags = [] if has_trigger(caption, trigger) else [f"no trigger: the caption does not name {trigger}; add it by hand"]
     if not caption:
@@ -130,198 +133,57 @@ def user_record(job: Job, record: Record | None, trigger: str) -> Record:
                   txt_sha256=text_sha(text))
 
 
-# ---------------------------------------------------------------- one photo
-
-
-def caption_photo(ctx: _Context, job: Job) -> Record:
-    """Ask for one photo's caption (re-asking on broken rules or garbage), then repair or flag it."""
-    import openai
-
-    from lookalike.ingest.decode import PhotoRejected, decode
-
-    cc, rec = ctx.cc, Record(job.path.name, source=MODEL, key=job.key, usage={"prompt_tokens": 0, "completion_tokens": 0})
-    try:
-        image = decode(job.path, draft_side=cc.image_side).image
-    except PhotoRejected as e:
-        rec.flags.append(f"skipped: {e.reason}")
-        return rec
-    jpeg, _ = jpeg_for_request(image, cc.image_side, cc.jpeg_quality)
-    chat = messages(ctx.system, ctx.reference_url, data_url(jpeg), ctx.trigger, cc.detail)
-    reply, problem = None, None
-    for _ in range(1 + cc.reasks):
-        if ctx.stop.is_set():
-            rec.final, rec.flags = False, ["not asked: the run stopped early"]
-            return rec
-        rec.asks += 1
-        try:
-            text, usage = _ask(ctx, chat)
-        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-            raise _endpoint_error(ctx, e) from None
-        except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as e:
-            rec.final = False  # transient: the next run asks again
-            rec.flags.append(f"request failed after {cc.retries} retries: {_describe(ctx, e)}")
-            return rec
-        except openai.APIStatusError as e:
-            rec.flags.append(f"the server refused the request: {_describe(ctx, e)}")
-            return rec
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError, openai.APIResponseValidationError) as e:
-            problem = f"malformed reply from {ctx.ep.base_url} ({ctx.redact(type(e).__name__)})"
-            continue  # garbage: ask again
-        for k in rec.usage:
-            rec.usage[k] += usage.get(k) or 0
-        reply = text
-        broken = violations(text, ctx.trigger, cc.min_chars, cc.max_chars)
-        if not broken:
-            rec.caption = text.strip()
-            return rec
-        chat = chat + [
-            {"role": "assistant", "content": text},
-            {"role": "user", "content": f"That caption breaks the rules: {'; '.join(broken)}. Write it again: "
-                                        f"one caption that starts with {ctx.trigger}, following every rule. "
-                                        "Reply with the caption only."},
-        ]
-    if reply is None:
-        rec.final = False
-        rec.flags.append(f"no caption: {problem} on all {rec.asks} asks")
-        return rec
-    return _settle(rec, reply, ctx)
-
-
-def _settle(rec: Record, reply: str, ctx: _Context) -> Record:
-    """After the last ask: repair what is safe, flag what is left."""
-    cc = ctx.cc
-    broken = violations(reply, ctx.trigger, cc.min_chars, cc.max_chars)
-    if any(v.startswith(("the reply refused", "the reply was empty")) for v in broken):
-        rec.flags.append(f"no caption: {broken[0]} on all {rec.asks} asks (last reply: {ctx.redact(reply.strip())[:120]!r})")
-        return rec
-    fixed, done = repair(reply, ctx.trigger)
-    rec.caption = fixed
-    rec.flags += [f"repaired: {d}" for d in done]
-    rec.flags += violations(fixed, ctx.trigger, cc.min_chars, cc.max_chars)
-    return rec
-
-
-def _ask(ctx: _Context, chat: list[dict]) -> tuple[str, dict]:
-    """One chat request; returns the reply text and its token usage. Garbage raises ValueError and kin."""
-    with ctx.lock:
-        ctx.sent += 1
-    resp = ctx.client.chat.completions.create(
-        model=ctx.ep.model, messages=chat, max_tokens=ctx.cc.max_tokens, temperature=ctx.cc.temperature,
-    )
-    if isinstance(resp, (str, bytes)) or not resp.choices:
-        raise ValueError("no choices in the reply")
-    content = resp.choices[0].message.content
-    if content is not None and not isinstance(content, str):
-        raise TypeError("reply content is not text")
-    usage = resp.usage.model_dump() if getattr(resp, "usage", None) is not None else {}
-    return content or "", usage
-
-
-def _describe(ctx: _Context, e: Exception) -> str:
-    import openai
-
-    if isinstance(e, openai.APITimeoutError):
-        return f"no reply within caption.timeout = {ctx.cc.timeout:g} s"
-    if isinstance(e, openai.APIConnectionError):
-        return f"could not connect to {ctx.ep.base_url}"
-    status = getattr(e, "status_code", None)
-    message = ctx.redact(str(getattr(e, "message", e)))[:160]
-    return f"HTTP {status}: {message}" if status else message
-
-
-def _endpoint_error(ctx: _Context, e: Exception) -> EndpointError:
-    import openai
-
-    ep = ctx.ep
-    if isinstance(e, openai.AuthenticationError):
-        return EndpointError(f"{ep.base_url} refused the API key from {ep.key_env or 'caption.api_key_env'} (HTTP 401); "
-                             "check that the variable holds a valid key for this provider")
-    if isinstance(e, openai.PermissionDeniedError):
-        return EndpointError(f"{ep.base_url} denied access with this key (HTTP 403): {_describe(ctx, e)}; "
-                             f"check the key's permissions for caption.model = {ep.model!r}")
-    return EndpointError(f"caption.model = {ep.model!r} or the endpoint was not found at {ep.base_url} (HTTP 404); "
-                         "check caption.model and caption.base_url")
-
-
-def check_endpoint(ctx: _Context) -> None:
-    """Before any photo: is the endpoint there, is the key accepted, is the model served? Names the setting."""
-    import openai
-
-    ep = ctx.ep
-    try:
-        page = ctx.client.with_options(max_retries=1, timeout=min(10.0, ctx.cc.timeout)).models.list()
-        served = [m.id for m in page.data]
-    except openai.APIConnectionError as e:
-        raise EndpointError(f"no answer from {ep.base_url} ({_describe(ctx, e)}); is the server running and "
-                            "caption.base_url right?") from None
-    except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-        raise _endpoint_error(ctx, e) from None
-    except Exception:  # noqa: BLE001  endpoints that cannot list models still caption
-        return
-    if served and not any(m == ep.model or m.endswith("/" + ep.model) for m in served):
-        shown = ", ".join(served[:8]) + (" ..." if len(served) > 8 else "")
-        raise EndpointError(f"caption.model = {ep.model!r} is not served by {ep.base_url}; it serves: {shown}")
-
-
 # ---------------------------------------------------------------- the stage
 
 
 def caption_stage(cfg, rd: RunDir, env_file: Path | None = None, dry_run: bool = False,
-                  on_photo: Callable[[Record], None] | None = None) -> CaptionReport:
-    """Caption every photo of cfg.dataset.photos that needs it; write records, .txt files and the review page."""
-    from lookalike.ingest.doctor import reference_face, resolve_reference
+                  on_photo: Callable[[Record], None] | None = None, resume_hint: str = RESUME_HINT) -> CaptionReport:
+    """Caption every photo of cfg.dataset.photos that needs it; write records, .txt files and the review page.
+
+    Ctrl-C while requests are out stops sending, keeps every answer received, writes the records, the
+    review page and the manifest, then raises `Interrupted`; its message ends with `resume_hint`, how
+    the caller's user continues (a caller such as `fit` names its own command).
+    """
+    from lookalike.ingest.doctor import reference_face
 
     started = time.time()
     cc, trigger = cfg.caption, cfg.dataset.trigger
     if cfg.dataset.photos is None:
         raise ConfigError("dataset.photos is not set: give the folder of photos, e.g. --photos ~/photos/arthur")
-    files = photo_files(Path(cfg.dataset.photos))
-    reference = resolve_reference(cfg)
-    if reference is None:
-        raise ConfigError("caption.reference is not set: name a clear photo of the person, sent with every request "
-                          "(e.g. --reference selfie.jpg, a file or one of the photos)")
-    reference_face(reference, cfg)  # a reference without a face would make every caption a guess
+    photos = Path(cfg.dataset.photos)
+    files = photo_files(cfg, rd)
+    reference, reference_problem = _reference(cfg, rd)
     ep = endpoint(cc)
     system = system_prompt(cc.rules, trigger)
-    ref_sha = hashlib.sha256(reference.read_bytes()).hexdigest()
-    folder = rd.stage(STAGE)
+    folder = rd.root / STAGE
     store = CaptionStore(folder / RECORDS)
-
-    jobs = []
-    for path in files:
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        job = Job(path, sha, request_key(sha, ref_sha, ep.base_url, ep.model, system, cc))
-        job.action = decide(job, store.get(path.name))
-        jobs.append(job)
+    jobs = _jobs(files, reference, ep, system, cc, store)
     actions = {a: sum(j.action == a for j in jobs) for a in ("cached", "restore", "user", "request")}
     report = CaptionReport(folder, ep, actions)
     todo = [j for j in jobs if j.action == "request"]
+    if todo:  # only what must be asked needs the reference photo
+        if reference_problem is not None:
+            raise reference_problem
+        reference_face(reference, cfg)  # a reference without a face would make every caption a guess
     if dry_run:
         report.estimate = estimate(todo, reference, system, ep, cc)
         report.records = [store.get(j.path.name) or Record(j.path.name) for j in jobs]
         return report
 
+    _check_writable(folder, photos, photos_too=bool(todo or actions["restore"]))
+    rd.stage(STAGE)
     for job in jobs:  # no request needed: settle these first
         record = store.get(job.path.name)
         if job.action == "user":
             store.put(user_record(job, record, trigger))
         elif job.action == "restore":
             store.put(record, caption_path(job.path))
-    if todo:
-        key = api_key(ep, env_file)
-        ctx = _Context(_client(ep, cc, key), ep, cc, trigger, system, "", Redactor(key))
-        check_endpoint(ctx)
-        ref_jpeg, _ = jpeg_for_request(_decode_reference(reference, cc.image_side), cc.image_side, cc.jpeg_quality)
-        ctx.reference_url = data_url(ref_jpeg)
-        sending = time.time()
-        try:
-            _run_jobs(ctx, todo, store, on_photo)
-        finally:  # a run stopped by the endpoint still leaves its review page and manifest
-            report.request_seconds = round(time.time() - sending, 2)
-            report.requests = ctx.sent
-            _finish(cfg, rd, report, jobs, todo, store, started)
-    else:
-        _finish(cfg, rd, report, jobs, todo, store, started)
+    if not todo:
+        _finish(cfg, rd, report, jobs, store, started)
+        return report
+    presses = _request(cfg, rd, report, jobs, todo, store, reference, env_file, on_photo, started)
+    if presses.count:
+        raise _interrupted(report, todo, store, presses, resume_hint)
     got = [r for r in report.records if r.photo in {j.path.name for j in todo}]
     if got and not any(r.caption for r in got):
         raise EndpointError(
@@ -332,10 +194,75 @@ def caption_stage(cfg, rd: RunDir, env_file: Path | None = None, dry_run: bool =
     return report
 
 
-def _client(ep: Endpoint, cc, key: str):
-    import openai
+def _reference(cfg, rd: RunDir) -> tuple[Path | None, ConfigError | None]:
+    """caption.reference as a file, else the photo the dataset doctor chose (the clearest photo of the
+    person alone), or why there is none (an error only once something must be asked)."""
+    from lookalike.ingest.doctor import resolve_reference
+    from lookalike.ingest.stage import read_record
 
-    return openai.OpenAI(base_url=ep.base_url, api_key=key, timeout=cc.timeout, max_retries=cc.retries)
+    try:
+        reference = resolve_reference(cfg)
+    except ConfigError as e:
+        return None, e
+    if reference is None:
+        record = read_record(rd) or {}
+        chosen = record.get("reference")
+        if chosen and record.get("folder") == str(Path(cfg.dataset.photos).expanduser()) and Path(chosen).is_file():
+            return Path(chosen), None
+        found = "run `lookalike ingest` to have one chosen, or " if not record else "the doctor found no clear photo " \
+            "of the person alone; "
+        return None, ConfigError(f"caption.reference is not set: {found}name a clear photo of the person, sent with "
+                                 "every request (e.g. --reference selfie.jpg, a file or one of the photos)")
+    return reference, None
+
+
+def _jobs(files: list[Path], reference: Path | None, ep: Endpoint, system: str, cc, store: CaptionStore) -> list[Job]:
+    """One job per photo, with its request key and what it needs (`decide`)."""
+    ref_sha = hashlib.sha256(reference.read_bytes()).hexdigest() if reference is not None else None
+    jobs = []
+    for path in files:
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        key = request_key(sha, ref_sha, ep.base_url, ep.model, system, cc) if ref_sha else None
+        job = Job(path, sha, key)
+        job.action = decide(job, store.get(path.name))
+        jobs.append(job)
+    return jobs
+
+
+def _check_writable(folder: Path, photos: Path, photos_too: bool) -> None:
+    """Refuse, before anything is paid for, a folder the captions cannot be written to."""
+    ensure_writable(folder, "the run's caption folder", "captions.jsonl and the review page are written there: make "
+                    "it writable, or give a run folder you can write to")
+    if photos_too:
+        ensure_writable(photos, "dataset.photos", "each caption is written beside its photo as a .txt: make the "
+                        "folder writable, or copy the photos to a writable folder and point dataset.photos there "
+                        "(--photos DIR)")
+
+
+def _request(cfg, rd: RunDir, report: CaptionReport, jobs: list[Job], todo: list[Job], store: CaptionStore,
+             reference: Path, env_file: Path | None, on_photo, started: float) -> Presses:
+    """Check the endpoint, caption `todo`, then write the review page and manifest however it ended."""
+    cc, ep = cfg.caption, report.endpoint
+    key = api_key(ep, env_file)
+    stop = threading.Event()
+    trigger = cfg.dataset.trigger
+    ctx = AskContext(make_client(ep, cc, key, stop), ep, cc, trigger, system_prompt(cc.rules, trigger), "",
+                     Redactor(key), stop)
+    sending = time.time()
+    presses = Presses()
+    try:
+        check_endpoint(ctx)
+        ref_jpeg, _ = jpeg_for_request(_decode_reference(reference, cc.image_side), cc.image_side, cc.jpeg_quality)
+        ctx.reference_url = data_url(ref_jpeg)
+        presses = _run_jobs(ctx, todo, store, report, on_photo)
+    except KeyboardInterrupt:  # Ctrl-C before the pool took it over (checking the endpoint): nothing was sent
+        presses = Presses(count=1)
+    finally:  # a run stopped by the endpoint or by Ctrl-C still leaves its review page and manifest
+        report.request_seconds = round(time.time() - sending, 2)
+        report.requests = ctx.sent
+        report.interrupted = presses.count > 0
+        _finish(cfg, rd, report, jobs, store, started)
+    return presses
 
 
 def _decode_reference(path: Path, side: int):
@@ -344,35 +271,46 @@ def _decode_reference(path: Path, side: int):
     return decode(path, draft_side=side).image
 
 
-def _run_jobs(ctx: _Context, todo: list[Job], store: CaptionStore, on_photo) -> None:
+def _run_jobs(ctx: AskContext, todo: list[Job], store: CaptionStore, report: CaptionReport, on_photo) -> Presses:
     """Caption `todo` with `caption.concurrency` workers; each record is saved the moment it arrives."""
-    fatal: EndpointError | None = None
-    with ThreadPoolExecutor(max_workers=ctx.cc.concurrency, thread_name_prefix="caption") as pool:
-        futures = {pool.submit(caption_photo, ctx, job): job for job in todo}
-        for future in as_completed(futures):
-            job = futures[future]
-            try:
-                record = future.result()
-            except EndpointError as e:
-                fatal = fatal or e
-                ctx.stop.set()
-                continue
+    fatal: list[EndpointError] = []
+
+    def keep(job: Job, record: Record | None, error: BaseException | None) -> None:
+        if isinstance(error, EndpointError):
+            fatal.append(error)  # the worker has set ctx.stop: nothing more is sent
+        elif error is not None:
+            raise error
+        elif record is not None:  # None: the run stopped before this photo was asked
             store.put(record, caption_path(job.path))
+            report.answered.append(job.path.name)
             if on_photo:
                 on_photo(record)
-    if fatal is not None:
-        raise fatal
+
+    workers = min(ctx.cc.concurrency, len(todo))
+    presses = run_pool(lambda job: caption_photo(ctx, job.path, job.key), todo, workers, ctx.stop, keep)
+    if fatal:
+        raise fatal[0]
+    return presses
 
 
-def _finish(cfg, rd: RunDir, report: CaptionReport, jobs: list[Job], todo: list[Job], store: CaptionStore,
-            started: float) -> None:
+def _interrupted(report: CaptionReport, todo: list[Job], store: CaptionStore, presses: Presses,
+                 resume_hint: str) -> Interrupted:
+    """The one line Ctrl-C ends with: what was kept, what is left, how to go on."""
+    kept = sum(1 for name in report.answered if (store.get(name) or Record(name)).caption)
+    left = sum(1 for j in todo if decide(j, store.get(j.path.name)) == "request")
+    abandoned = f"; abandoned the {presses.abandoned} request(s) still in flight" if presses.abandoned else ""
+    return Interrupted(f"Ctrl-C: kept the {kept} caption(s) received{abandoned}; {left} photo(s) still to caption "
+                       f"(review so far: {report.review}); {resume_hint}")
+
+
+def _finish(cfg, rd: RunDir, report: CaptionReport, jobs: list[Job], store: CaptionStore, started: float) -> None:
     """Sum the usage, then write the review page and the manifest (no key in either)."""
     from lookalike.caption.review import write_review
     from lookalike.ingest.stage import read_record
 
     report.records = [store.get(j.path.name) or Record(j.path.name, flags=["not captioned"], final=False) for j in jobs]
-    for job in todo:
-        usage = (store.get(job.path.name) or Record(job.path.name)).usage or {}
+    for name in report.answered:
+        usage = (store.get(name) or Record(name)).usage or {}
         for k in report.usage:
             report.usage[k] += usage.get(k) or 0
     report.seconds = round(time.time() - started, 2)
@@ -383,6 +321,7 @@ def _finish(cfg, rd: RunDir, report: CaptionReport, jobs: list[Job], todo: list[
         base_url=report.endpoint.base_url, model=report.endpoint.model, actions=report.actions,
         requests=report.requests, usage=report.usage, seconds=report.seconds, request_seconds=report.request_seconds,
         flagged={r.photo: r.flags for r in report.flagged}, records=RECORDS, review=REVIEW,
+        interrupted=report.interrupted,
     )
 
 

@@ -47,7 +47,10 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def caption_path(photo: Path) -> Path:
-    return photo.with_suffix(".txt")
+    """The photo's caption file (IMG_1.HEIC.txt when IMG_1.JPG shares its stem: lookalike.data.photos)."""
+    from lookalike.data.photos import caption_file
+
+    return caption_file(photo)
 
 
 class CaptionStore:

@@ -336,6 +336,13 @@ class EvalConfig(_Section):
     )
     toy_plain: Int = Field(10, ge=1, description="toy world: prompts without Arthur in the suite (toy.metrics.make_suite)")
     toy_trigger: Int = Field(10, ge=1, description="toy world: prompts with Arthur in the suite (60% alone, 40% with a friend)")
+    min_likeness: Float = Field(
+        0.3, ge=0, le=1, description="a recommended checkpoint draws the person in at least this share of trigger-prompt "
+        "images; under it the run has not learned the person and nothing is recommended. 0.3 sits above chance (the "
+        "base model and a LoRA that learned nothing: ~0; dlib's same-person threshold lets a few percent of strangers "
+        "through; ±0.08 sampling error on the 36-image gallery) and below every run that learned (toy demo 0.80, "
+        "weakest seed of a constant learning rate 0.45)",
+    )
     max_leakage: Float = Field(
         0.2, ge=0, le=1, description="a recommended checkpoint turns at most this share of the others in group "
         "prompts into the person",

@@ -123,16 +123,19 @@ def current_selection(cfg, rd: RunDir, refresh: bool = True) -> Selection:
 
     if cfg.dataset.photos is None:
         raise ConfigError("dataset.photos is not set: give the folder of photos, e.g. --photos ~/photos/arthur")
+    folder = Path(cfg.dataset.photos).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"dataset.photos = {str(folder)!r} is not a folder; give the folder of the person's photos")
     include, exclude = read_lists(rd)
     record = read_record(rd)
-    if record is not None and record.get("folder") != str(Path(cfg.dataset.photos).expanduser()):
+    if record is not None and record.get("folder") != str(folder):
         record = None  # the doctor checked another folder: it says nothing about this one
     if record is not None and refresh and not is_current(cfg, rd):
         log.info("the photos or the doctor's settings changed since `lookalike ingest`: checking them again")
         ingest_stage(cfg, rd)
         record = read_record(rd)
     if record is None:
-        return all_images(Path(cfg.dataset.photos).expanduser(), exclude)
+        return all_images(folder, exclude)
     return choose(record, include, exclude)
 
 

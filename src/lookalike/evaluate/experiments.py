@@ -31,9 +31,8 @@ def choose_checkpoint(run, step: int | None = None) -> Checkpoint:
     """`step` if given, else the one RUN/eval/metrics.json recommends, else the last one saved."""
     if step is not None:
         return find_checkpoints(run, [step])[0]
-    metrics = run.root / "eval" / "metrics.json"
-    if metrics.is_file():
-        chosen = json.loads(metrics.read_text())["recommendation"]["step"]
+    if run.eval_metrics.is_file():
+        chosen = json.loads(run.eval_metrics.read_text())["recommendation"]["step"]
         if chosen is not None:
             return find_checkpoints(run, [chosen])[0]
     return find_checkpoints(run)[-1]

@@ -18,14 +18,17 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+from lookalike.evaluate.recommend import with_fixes
+from lookalike.evaluate.run import BOUND_SETTINGS
 from lookalike.evaluate.svg import Series, line_plot
+from lookalike.rundir import RunDir
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem auto;max-width:1200px;padding:0 1rem;color:#222;background:#fafafa}
 h1{font-size:1.4rem;margin-bottom:.2rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
 h3{font-size:1rem;margin:1rem 0 .3rem} .meta,.note{color:#666;font-size:.9rem}
-.rec{background:#eef7ee;border:1px solid #7b7;border-radius:6px;padding:.7rem 1rem;margin:1rem 0}
-.rec.none{background:#fdf0e8;border-color:#d96}
+.rec{border:1px solid;border-radius:6px;padding:.7rem 1rem;margin:1rem 0} .rec ul{margin:.3rem 0 0}
+.rec.ok{background:#eef7ee;border-color:#7b7} .rec.none{background:#fdf0e8;border-color:#d96}
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0} td,th{border:1px solid #ddd;padding:.25rem .5rem}
 th{background:#f0f0f0} td.num{text-align:right;font-variant-numeric:tabular-nums} tr.pick td{background:#eef7ee}
 td.bad{color:#b00;font-weight:600} .row{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-start}
@@ -114,19 +117,25 @@ def _missing(what: str, command: str) -> str:
 # ---------------------------------------------------------------- sections
 
 
-def recommendation_section(metrics: dict | None, run: Path) -> str:
+def recommendation_section(metrics: dict | None, root: Path) -> str:
+    """A green box naming the checkpoint to use and why; an orange one saying none is, why and what to try."""
     if metrics is None:
-        return _missing("No evaluation", f"lookalike eval {run}")
+        return _missing("No evaluation", f"lookalike eval {root}")
     rec = metrics["recommendation"]
-    head = f"Use <b>{html.escape(rec['name'])}</b>" if rec["name"] else "No checkpoint recommended"
-    return (f'<div class="rec{"" if rec["name"] else " none"}" id="recommendation">{head}: '
-            f"{html.escape(rec['reason'])}.</div>")
+    if rec["name"]:
+        return (f'<div class="rec ok" id="recommendation">Use <b>{html.escape(rec["name"])}</b>: '
+                f"{html.escape(rec['reason'])}.</div>")
+    fixes = rec.get("try") or []  # metrics.json of an older lookalike: the reason alone
+    finding = rec["reason"].removesuffix(with_fixes("", fixes)) if fixes else rec["reason"]
+    items = "".join(f"<li>{html.escape(f)}</li>" for f in fixes)
+    return (f'<div class="rec none" id="recommendation"><b>No checkpoint recommended</b>: {html.escape(finding)}.'
+            f'{f"<div>What to try:</div><ul>{items}</ul>" if items else ""}</div>')
 
 
 HEADLINE = (("likeness", "likeness"), ("leakage", "leakage"), ("elsewhere", "person w/o trigger"),
             ("preservation", "preservation"))
-BOUND_OF = {"leakage": ("max_leakage", True), "elsewhere": ("max_elsewhere", True),
-            "preservation": ("min_preservation", False)}
+BOUND_OF = {"likeness": ("min_likeness", False), "leakage": ("max_leakage", True),
+            "elsewhere": ("max_elsewhere", True), "preservation": ("min_preservation", False)}
 
 
 def metrics_section(metrics: dict | None, bounds, run: Path) -> str:
@@ -186,11 +195,12 @@ def gallery_section(folder: Path, metrics: dict | None) -> str:
     if metrics is None or not metrics["checkpoints"]:
         return ""
     name = metrics["recommendation"]["name"] or metrics["checkpoints"][-1]["name"]
+    shown = name if metrics["recommendation"]["name"] else f"{name} (the last; none is recommended)"
     figures = []
     for group in metrics["suite"]["groups"]:
         pair = [(folder / m / f"{group}-grid.png", f"{group} prompts, {m}") for m in ("base", name)]
         figures += [_figure(p, c) for p, c in pair if p.is_file()]
-    return f'<h2 id="gallery">Gallery: {html.escape(name)} beside the base</h2><div class="row">{"".join(figures)}</div>'
+    return f'<h2 id="gallery">Gallery: {html.escape(shown)} beside the base</h2><div class="row">{"".join(figures)}</div>'
 
 
 def experiments_section(root: Path) -> str:
@@ -254,10 +264,10 @@ def moving_average(points: list[tuple[float, float]], window: int) -> list[tuple
     return [(x, sum(ys[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1))) for i, (x, _) in enumerate(points)]
 
 
-def training_section(root: Path) -> str:
-    train = root / "train"
+def training_section(run) -> str:
+    train = run.train_dir
     if not train.is_dir():
-        return '<h2 id="training">Training</h2>' + _missing("No training", f"lookalike train {root}")
+        return '<h2 id="training">Training</h2>' + _missing("No training", f"lookalike train {run.root}")
     losses = read_losses(train / "logs" / "csv")
     raw = losses.get("train/loss", [])
     window = max(1, len(raw) // 20)
@@ -271,18 +281,17 @@ def training_section(root: Path) -> str:
     return f'<h2 id="training">Training</h2><div class="row">{plot}</div><h3>Progress</h3><div class="row">{gifs}</div>'
 
 
-def dataset_section(cfg, root: Path) -> str:
+def dataset_section(cfg, run) -> str:
     """Every training photo with its caption (trigger highlighted) and the doctor's and captioner's flags."""
     from lookalike.caption.review import thumbnail_url
     from lookalike.errors import LookalikeError
     from lookalike.evaluate.suite import training_photos
-    from lookalike.rundir import RunDir
 
     try:
-        photos = training_photos(cfg, RunDir(root))
+        photos = training_photos(cfg, run)
     except (LookalikeError, OSError) as e:  # a moved photo folder should not stop the report
         return f'<h2 id="dataset">Dataset</h2><p class="note">photos not found: {html.escape(str(e))}</p>'
-    flags = _flags(root)
+    flags = _flags(run)
     trigger = html.escape(cfg.dataset.trigger)
     cards = []
     for path, caption in photos:
@@ -294,13 +303,13 @@ def dataset_section(cfg, root: Path) -> str:
     return f'<h2 id="dataset">Dataset ({len(photos)} photos)</h2><div class="photos">{"".join(cards)}</div>'
 
 
-def _flags(root: Path) -> dict[str, list[str]]:
+def _flags(run) -> dict[str, list[str]]:
     """{photo name: flags} from RUN/ingest/doctor.json and RUN/caption/captions.jsonl, when those ran."""
     out: dict[str, list[str]] = {}
-    doctor = _read_json(root / "ingest" / "doctor.json") or {}
+    doctor = _read_json(run.doctor_record) or {}
     for p in doctor.get("photos", []):
         out.setdefault(p["file"], []).extend(f"doctor: {f}" for f in p.get("flags", []))
-    captions = root / "caption" / "captions.jsonl"
+    captions = run.captions_record
     if captions.is_file():
         for line in captions.read_text().splitlines():
             record = json.loads(line) if line.strip() else {}
@@ -314,19 +323,19 @@ def write_report(cfg, run) -> Path:
     from lookalike.caption.store import write_text_atomic
 
     root = run.root
-    metrics = _read_json(root / "eval" / "metrics.json")
+    metrics = _read_json(run.eval_metrics)
     # the bounds the recommendation was made with (eval may have had --set overrides), else the config's
-    bounds = SimpleNamespace(**metrics["bounds"]) if metrics and "bounds" in metrics else cfg.eval
-    manifest = _read_json(root / "train" / "manifest.json") or {}
+    saved = (metrics or {}).get("bounds", {})
+    bounds = SimpleNamespace(**{k: saved.get(k, getattr(cfg.eval, k)) for k in BOUND_SETTINGS})
+    manifest = RunDir.read_manifest(run.train_dir) or {}
     meta = (f"model {html.escape(cfg.model.source)} &middot; trigger {html.escape(cfg.dataset.trigger)} &middot; "
             f"{manifest.get('steps', '?')} training steps &middot; LoRA rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g}")
     body = [f"<h1>lookalike: {html.escape(root.resolve().name)}</h1><div class=meta>{meta}</div>",
             recommendation_section(metrics, root), metrics_section(metrics, bounds, root),
-            gallery_section(root / "eval", metrics), experiments_section(root), training_section(root),
-            dataset_section(cfg, root)]
+            gallery_section(run.eval_metrics.parent, metrics), experiments_section(root), training_section(run),
+            dataset_section(cfg, run)]
     page = ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>lookalike report: {html.escape(root.resolve().name)}</title><style>{_STYLE}</style>"
             f"<script>{_SCRIPT}</script></head><body>{''.join(body)}</body></html>\n")
-    path = root / "report.html"
-    write_text_atomic(path, page)
-    return path
+    write_text_atomic(run.report, page)
+    return run.report

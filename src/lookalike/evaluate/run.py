@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "eval"
 STEP_FILE = re.compile(r"step-(\d+)\.safetensors$")
+# the eval settings a recommendation is made with, saved beside it (the report shows these, not the config's)
+BOUND_SETTINGS = ("min_likeness", "max_leakage", "max_elsewhere", "min_preservation")
 
 
 @dataclass(frozen=True)
@@ -44,20 +46,18 @@ def find_checkpoints(run, steps: list[int] | None = None) -> list[Checkpoint]:
     one per step, sorted; only `steps` when given. Raises naming the fix when there are none."""
     from lookalike.export import read_header
 
-    folder = run.root / "train"
-    found = {int(m.group(1)): p for p in sorted((folder / "checkpoints").glob("step-*.safetensors"))
+    found = {int(m.group(1)): p for p in sorted(run.checkpoints_dir.glob("step-*.safetensors"))
              if (m := STEP_FILE.search(p.name))}
-    final = folder / "lora.safetensors"
-    if final.is_file():
-        step = int(read_header(final).get("steps", -1))
-        found.setdefault(step, final)  # the last snapshot and the final export hold the same weights
+    if run.lora.is_file():
+        step = int(read_header(run.lora).get("steps", -1))
+        found.setdefault(step, run.lora)  # the last snapshot and the final export hold the same weights
     if not found:
-        raise LookalikeError(f"{folder} holds no LoRA checkpoint (checkpoints/step-*.safetensors or "
-                             f"lora.safetensors); train first: `lookalike train {run.root}`")
+        raise LookalikeError(f"{run.train_dir} holds no LoRA checkpoint ({run.checkpoints_dir.name}/step-*.safetensors "
+                             f"or {run.lora.name}); train first: `lookalike train {run.root}`")
     if steps:
         missing = sorted(set(steps) - set(found))
         if missing:
-            raise ConfigError(f"--step {', '.join(map(str, missing))}: no checkpoint of that step in {folder}; "
+            raise ConfigError(f"--step {', '.join(map(str, missing))}: no checkpoint of that step in {run.train_dir}; "
                               f"saved steps: {', '.join(map(str, sorted(found)))}")
         found = {s: found[s] for s in steps}
     return [Checkpoint(s, p) for s, p in sorted(found.items())]
@@ -140,7 +140,7 @@ def evaluate_run(cfg, run, steps: list[int] | None = None, judge=None, on_image=
     suite = judge.suite
     started = time.time()
     pipe, settings, embeddings = load_for_eval(cfg, suite.texts)
-    folder = run.stage(STAGE)
+    folder = run.stage(STAGE)  # = run.eval_metrics.parent
     base = draw(pipe, embeddings, suite, settings, judge, folder / "base", on_image)
     rows = []
     for ck in checkpoints:
@@ -148,15 +148,15 @@ def evaluate_run(cfg, run, steps: list[int] | None = None, judge=None, on_image=
                                                       on_image))
         rows.append(checkpoint_row(ck, judge, base, tuned))
         log.info("%s: %s", ck.name, ", ".join(f"{k} {_num(v)}" for k, v in rows[-1]["scores"].items()))
-    rows = merge_rows(folder / "metrics.json", rows, suite.fingerprint())
+    rows = merge_rows(run.eval_metrics, rows, suite.fingerprint())
     base_metrics = judge.metrics(base.readings)
     result = {"judge": judge.about(), "suite": suite.to_json(), "settings": settings.__dict__,
               "base": {"metrics": base_metrics, "scores": judge.headline(base_metrics, None)},
               "checkpoints": rows, "recommendation": recommend(rows, cfg.eval),
-              "bounds": {k: getattr(cfg.eval, k) for k in ("max_leakage", "max_elsewhere", "min_preservation")},
+              "bounds": {k: getattr(cfg.eval, k) for k in BOUND_SETTINGS},
               "images": suite.images * (1 + len(checkpoints)), "seconds": round(time.time() - started, 1)}
-    write_json_atomic(folder / "metrics.json", result)
-    (folder / "metrics.md").write_text(markdown(result) + "\n", encoding="utf-8")
+    write_json_atomic(run.eval_metrics, result)
+    run.eval_metrics.with_suffix(".md").write_text(markdown(result) + "\n", encoding="utf-8")
     run.write_manifest(folder, STAGE, checkpoints=[r["name"] for r in rows], judge=judge.name,
                        recommended=result["recommendation"]["step"], images=result["images"])
     return result
@@ -186,6 +186,12 @@ def markdown(result: dict) -> str:
     lines = ["| model | " + " | ".join(label for _, label in HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
     rows = [("base", result["base"]["scores"])] + [(r["name"], r["scores"]) for r in result["checkpoints"]]
     lines += [f"| {name} | " + " | ".join(_num(s[k]) for k, _ in HEADLINE) + " |" for name, s in rows]
-    rec = result["recommendation"]
-    lines += ["", f"recommended: {rec['name'] or 'none'} ({rec['reason']})"]
+    lines += ["", recommendation_line(result["recommendation"])]
     return "\n".join(lines)
+
+
+def recommendation_line(rec: dict) -> str:
+    """'recommended: step-000500 (why)', or 'no checkpoint recommended: why, and what to try'."""
+    if rec["name"]:
+        return f"recommended: {rec['name']} ({rec['reason']})"
+    return f"no checkpoint recommended: {rec['reason']}"

@@ -91,8 +91,7 @@ def training_photos(cfg, run) -> list[tuple["Path", str]]:  # noqa: F821
 
     from lookalike.data.photos import find_photos
 
-    index = run.root / "cache" / "index.json"
-    if index.is_file():
-        items = json.loads(index.read_text())["items"]
+    if run.cache_index.is_file():
+        items = json.loads(run.cache_index.read_text())["items"]
         return [(Path(it["photo"]), it["caption"]) for it in items if not it.get("grounding")]
     return [(p.path, p.caption) for p in find_photos(cfg.dataset.photos, cfg.dataset.trigger, "warn")]

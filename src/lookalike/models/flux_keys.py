@@ -246,7 +246,12 @@ def _peft_factors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[tor
 
 def _width(module_dims: Mapping[str, int], module: str) -> int:
     if module not in module_dims:
-        raise LoraError(f"module_dims has no width for {module!r}; build it with module_out_features(transformer)")
+        # Reached by a LoRA for a model with more blocks (import) as well as by a caller's incomplete
+        # module_dims (export), so the message fits both.
+        raise LoraError(
+            f"the model has no module {module!r} (module_dims = module_out_features(transformer) lists its "
+            "modules): the LoRA was made for a model with other blocks"
+        )
     return module_dims[module]
 
 

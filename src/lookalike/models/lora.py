@@ -2,8 +2,11 @@
 
 Files are checked before diffusers sees them, so a wrong file gets a message that names it and
 says what it is instead: not a LoRA, a LoRA for another model family, or shapes for another size.
-Format conversion (diffusers/PEFT, kohya/ComfyUI, XLabs, ...) is diffusers' own
-`FluxPipeline.lora_state_dict`; we only validate its output against the loaded model.
+kohya/sd-scripts FLUX.1 files (every key `lora_unet_<BFL module>.{lora_down.weight, lora_up.weight,
+alpha}`, what `lookalike train` writes as `lora-kohya.safetensors`) convert through our own key table,
+`flux_keys.lora_from_kohya`, which reads every width from the loaded model. Every other format
+(diffusers/PEFT, ComfyUI, XLabs, ...) is diffusers' own `FluxPipeline.lora_state_dict`. Either way the
+result is validated against the loaded model before anything is loaded.
 """
 
 from __future__ import annotations
@@ -94,19 +97,67 @@ def _module_shapes(root, prefix: str, state: dict, path: Path) -> None:
             )
 
 
-def check_lora(pipe, path: Path) -> None:
-    """Validate a LoRA file against a loaded pipeline; raise LoraError naming the problem."""
-    state = read_lora(path)
+def is_kohya_flux(state: dict) -> bool:
+    """Whether every key is a kohya FLUX transformer key (`lora_unet_...`), the layout our table reads."""
+    from lookalike.models.flux_keys import KOHYA_PREFIX
+
+    return bool(state) and all(k.startswith(KOHYA_PREFIX) for k in state)
+
+
+def kohya_to_peft(pipe, state: dict, path: Path) -> dict:
+    """A kohya FLUX.1 LoRA -> diffusers/PEFT state dict (`transformer.<module>.lora_A/B.weight`, fp32)
+    whose plain product B @ A is the file's ΔW: alpha / r is folded into each lora_A (r, in).
+
+    Why our table and not diffusers': diffusers' importer (0.42.1) hard-codes FLUX.1-dev's widths
+    (it asserts when splitting a fused qkv / linear1 of any other size: the tiny twin, the toy model)
+    and drops the global modules (img_in, final_layer, ...) silently; `lora_from_kohya` reads the widths
+    from `pipe.transformer` and knows every module diffusers' importer knows, so one tested table serves
+    export and import. Why fold: diffusers loads a plain state dict with PEFT scale 1 (lora_alpha = r),
+    which is also what its own kohya importer relies on after folding the same factor.
+    """
+    from lookalike.models.flux_keys import PEFT_PREFIX, lora_from_kohya, module_out_features
+
+    try:
+        peft_state, alphas = lora_from_kohya(state, module_out_features(pipe.transformer))
+    except LoraError as e:
+        raise LoraError(f"{str(path)!r} is not a kohya FLUX.1 LoRA for this model: {e}") from None
+    out = {k: v.float() for k, v in peft_state.items()}
+    for module, alpha in alphas.items():
+        key = f"{PEFT_PREFIX}{module}.lora_A.weight"
+        out[key] = out[key] * (alpha / out[key].shape[0])
+    return out
+
+
+def _diffusers_state(pipe, state: dict, path: Path) -> dict:
+    """Any other LoRA layout -> diffusers' state dict, through diffusers' own converters."""
     try:
         converted = type(pipe).lora_state_dict(dict(state))
     except Exception as e:  # diffusers' converters raise assorted errors on foreign layouts
         raise LoraError(f"{str(path)!r} is not a FLUX.1 LoRA that diffusers can read ({type(e).__name__}: {e})") from None
-    converted = converted[0] if isinstance(converted, tuple) else converted
+    return converted[0] if isinstance(converted, tuple) else converted
+
+
+def prepare_lora(pipe, path: Path) -> dict | str:
+    """Check a LoRA file against `pipe`'s modules and shapes; -> what `pipe.load_lora_weights` gets.
+
+    kohya FLUX.1 files give the state dict our table made (alpha folded in). Every other file gives its
+    path: diffusers reads the PEFT config (lora_alpha) that a diffusers-format file keeps in its header
+    only when it opens the file itself. Raises LoraError naming the file and the problem.
+    """
+    state = read_lora(path)
+    kohya = is_kohya_flux(state)
+    converted = kohya_to_peft(pipe, state, path) if kohya else _diffusers_state(pipe, state, path)
     if not any(k.startswith(("transformer.", "text_encoder.")) for k in converted):
         raise LoraError(f"{str(path)!r} has no weights for the FLUX transformer or text encoder")
     _module_shapes(pipe.transformer, "transformer", converted, path)
     if getattr(pipe, "text_encoder", None) is not None:
         _module_shapes(pipe.text_encoder, "text_encoder", converted, path)
+    return converted if kohya else str(path)
+
+
+def check_lora(pipe, path: Path) -> None:
+    """Validate a LoRA file against a loaded pipeline; raise LoraError naming the problem."""
+    prepare_lora(pipe, path)
 
 
 def _adapter_name(spec: LoraSpec, taken: set[str]) -> str:
@@ -127,12 +178,11 @@ def apply_loras(pipe, specs: list[LoraSpec]) -> list[str]:
     if not specs:
         return []
     files = [lora_file(s.path) for s in specs]
-    for f in files:
-        check_lora(pipe, f)
+    loadable = [prepare_lora(pipe, f) for f in files]
     names: list[str] = []
-    for spec, f in zip(specs, files):
+    for spec, f, what in zip(specs, files, loadable):
         name = _adapter_name(spec, set(names))
-        pipe.load_lora_weights(str(f), adapter_name=name)
+        pipe.load_lora_weights(what, adapter_name=name)
         names.append(name)
         log.info("LoRA %s: %s at weight %g", name, f, spec.weight)
     pipe.set_adapters(names, adapter_weights=[float(s.weight) for s in specs])

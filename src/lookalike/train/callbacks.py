@@ -36,28 +36,39 @@ class Checkpoints(L.Callback):
     """Every `every` steps (and at the end): the full resumable state, and a LoRA-only snapshot.
 
     resume/last.ckpt: LoRA weights, optimiser, scheduler, loop counters; the one before is kept as
-    resume/previous.ckpt. checkpoints/step-000250.safetensors: the LoRA alone, kept for evaluation.
-    If the loss turns NaN right after a save, that save holds the weights that diverged: it is
-    dropped and the previous one becomes last.ckpt again.
+    resume/previous.ckpt (a hard link made before the new one is written, so a kill at any moment leaves
+    last.ckpt whole). checkpoints/step-000250.safetensors: the LoRA alone, kept for evaluation.
+    If the loss turns NaN right after a save (or right after the state a resume started from), that
+    state holds the weights that diverged: it is dropped and the previous one becomes last.ckpt again.
     """
 
-    def __init__(self, every: int, total: int, accumulation: int, resume_path: Path, save_lora):
+    def __init__(self, every: int, total: int, accumulation: int, resume_path: Path, save_lora, resumed: bool = False):
         self.every, self.total, self.accumulation = every, total, accumulation
-        self.resume_path, self.save_lora = resume_path, save_lora
+        self.resume_path, self.save_lora, self.resumed = resume_path, save_lora, resumed
         self.previous = resume_path.with_name("previous.ckpt")
         self.last_saved: int | None = None
         self.last_snapshot: Path | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.resumed:  # last.ckpt holds the restored step, as if just saved
+            self.last_saved = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = steps_done(batch, self.accumulation)
         if step is None or not (step % self.every == 0 or step == self.total):
             return
-        if trainer.is_global_zero and self.resume_path.exists():
-            os.replace(self.resume_path, self.previous)
-        trainer.save_checkpoint(self.resume_path)
-        self.last_saved = step
+        self.save_state(trainer, step)
         if trainer.is_global_zero:
             self.last_snapshot = self.save_lora(step)
+
+    def save_state(self, trainer, step: int) -> None:
+        """resume/last.ckpt at optimiser step `step` (called on every rank: saving is collective)."""
+        if self.last_saved == step:
+            return  # the cadence has already saved this step
+        if trainer.is_global_zero and self.resume_path.exists():
+            _link_or_copy(self.resume_path, self.previous)
+        trainer.save_checkpoint(self.resume_path)
+        self.last_saved = step
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         from lookalike.train.module import TrainingDiverged
@@ -70,6 +81,55 @@ class Checkpoints(L.Callback):
             self.last_snapshot.unlink(missing_ok=True)
         log.warning("the checkpoint of step %d held the weights that diverged: removed; %s is the one before it",
                     self.last_saved, self.resume_path)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Make `target` hold what `source` holds now, replacing it in one rename; `source` stays."""
+    import shutil
+
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)  # the next save replaces `source` by a rename, so the link keeps the old bytes
+    except OSError:  # a file system without hard links
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The optimiser step a resumable checkpoint holds, or None if there is none (reads the counters only)."""
+    import torch
+
+    if not Path(path).exists():
+        return None
+    try:  # mmap: the tensors stay on disk, only the small dict of counters is read
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # not a zip-format file: read it whole
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    return int(state["global_step"])
+
+
+class GracefulStop(L.Callback):
+    """Ctrl-C asks (`requested`); training stops at the next optimiser-step boundary with its state saved.
+
+    Every rank takes part in the decision, so all stop at the same step whichever rank saw the signal;
+    `stopped_at` is then the step saved in resume/last.ckpt. A request during the last step lets the run end.
+    """
+
+    def __init__(self, checkpoints: Checkpoints):
+        self.checkpoints = checkpoints
+        self.requested = False
+        self.stopped_at: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = steps_done(batch, self.checkpoints.accumulation)
+        if step is None or step >= self.checkpoints.total:
+            return
+        if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+            return
+        self.checkpoints.save_state(trainer, step)
+        self.stopped_at = step
+        trainer.should_stop = True
 
 
 class Previews(L.Callback):

@@ -22,7 +22,13 @@ log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(LookalikeError):
-    """The loss became NaN or Inf."""
+    """The loss became NaN or Inf with `step` optimiser steps done; `advice` says what is kept and what to change
+    (the train stage adds it once the checkpoints have been sorted out)."""
+
+    def __init__(self, loss: float, step: int, advice: str = ""):
+        self.loss, self.step = loss, step
+        super().__init__(f"the training loss became {loss} at step {step}; training stopped before the optimiser step"
+                         + (f". {advice}" if advice else ""))
 
 
 def step_generator(seed: int, rank: int, micro_batch: int) -> torch.Generator:
@@ -43,13 +49,9 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "c
 
 
 def check_finite(loss: torch.Tensor, step: int) -> None:
-    """Stop on a NaN or Inf loss, before it reaches the weights, saying what to change."""
+    """Stop on a NaN or Inf loss, before it reaches the weights."""
     if not torch.isfinite(loss):
-        raise TrainingDiverged(
-            f"the training loss became {loss.item()} at step {step}; training stopped before the optimiser step. "
-            "The last good checkpoint is kept: continue with --resume --set train.learning_rate=<lower>, "
-            "or with train.precision=bf16 instead of fp16"
-        )
+        raise TrainingDiverged(loss.item(), step)
 
 
 class LoraModule(L.LightningModule):

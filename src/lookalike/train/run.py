@@ -13,10 +13,11 @@ import hashlib
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lookalike.errors import ConfigError, LookalikeError
+from lookalike.errors import ConfigError, Interrupted
 from lookalike.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -26,14 +27,11 @@ STAGE = "train"
 # What defines the run: the model, the photos and captions, the LoRA's shape and the seed. A resume must
 # keep these; the recipe in `train` (learning rate, batch split, cadences) may change, e.g. after a NaN
 # loss or running out of memory, at the price of no longer matching an uninterrupted run bit for bit.
-RUN_IDENTITY = ("model", "dataset", "lora", "runtime.seed")
-
-
 def resume_settings(cfg) -> dict:
-    """The settings that must match between a run and its resume."""
-    from lookalike.config.loading import flat_settings
+    """The settings that must match between a run and its resume (those fixed once training starts)."""
+    from lookalike.config.run import identity_settings
 
-    return flat_settings(cfg, RUN_IDENTITY)
+    return identity_settings(cfg)
 
 
 def resume_fingerprint(cfg) -> str:
@@ -83,8 +81,95 @@ def out_of_memory_error(cfg, err: Exception) -> ConfigError:
     )
 
 
-def train_stage(cfg, run: RunDir, resume: bool = False) -> TrainReport:
-    """Train the LoRA on RUN/cache; `resume` continues from RUN/train/resume/last.ckpt."""
+def continue_with(run: RunDir, resume_hint: str | None, settings: tuple[str, ...] = ()) -> str:
+    """How to continue a stopped run, completing "to continue, ...": `resume_hint` (another verb's own way,
+    e.g. "run the same `lookalike fit ...` again") or `lookalike train RUN --resume`, with `settings` to change."""
+    sets = "".join(f" --set {s}" for s in settings)
+    if resume_hint is None:
+        return f"run `lookalike train {run.root} --resume{sets}`"
+    return resume_hint + (f" with `{sets.strip()}`" if sets else "")
+
+
+def diverged_error(cfg, run: RunDir, err, precision: str, resume_hint: str | None = None):
+    """A NaN/Inf loss's message: what is saved to go on from, and a change that fits the precision.
+
+    Called after Lightning's exception hooks, so `Checkpoints` has already dropped a state that held the
+    diverged weights. Resuming such a state with a lower learning rate meets the same loss again (the loss
+    is computed before the update), so only an earlier one is offered for `--resume`."""
+    from lookalike.train.callbacks import checkpoint_step
+    from lookalike.train.module import TrainingDiverged
+
+    lr = cfg.train.learning_rate
+    if precision == "16-mixed":
+        change, why = "train.precision=bf16", "fp16 overflows where bf16, with fp32's range, does not"
+    else:
+        change, why = f"train.learning_rate={lr / 2:g}", f"half the current {lr:g}"
+    saved, path = checkpoint_step(run.resume_checkpoint), run.resume_checkpoint
+    again = f"start again in a new run folder with `--set {change}` ({why})"
+    if err.step == 0:
+        advice = (f"No update had been made yet, so the learning rate is not the cause: check model.source and "
+                  f"train.precision ({precision})")
+    elif saved is None:
+        advice = f"No state was saved before it, so there is nothing to resume: {again}"
+    elif saved < err.step or precision == "16-mixed":
+        advice = f"Step {saved} is saved in {path}: to continue from it ({why}), {continue_with(run, resume_hint, (change,))}"
+    else:
+        advice = (f"The state saved in {path} is step {saved}, the weights whose loss diverged, so resuming it at a "
+                  f"lower learning rate meets the same loss: {again}")
+    return TrainingDiverged(err.loss, err.step, advice)
+
+
+def interrupted_error(run: RunDir, step: int, total: int, resume_hint: str | None = None) -> Interrupted:
+    return Interrupted(f"Ctrl-C at step {step} of {total}: the state at that step is saved in "
+                       f"{run.resume_checkpoint}; to continue, {continue_with(run, resume_hint)}")
+
+
+def aborted_error(run: RunDir, step: int, resume_hint: str | None = None) -> Interrupted:
+    """A second Ctrl-C left mid-step: what the last save holds (writes are atomic: last.ckpt is whole)."""
+    from lookalike.train.callbacks import checkpoint_step
+
+    saved = checkpoint_step(run.resume_checkpoint)
+    if saved is None:
+        return Interrupted(f"Ctrl-C twice: training stopped at once at step {step}, before any state was saved; "
+                           "run the same command again to start over")
+    return Interrupted(f"Ctrl-C twice: training stopped at once at step {step}; the last saved state is step {saved} "
+                       f"in {run.resume_checkpoint}; to continue from there, {continue_with(run, resume_hint)}")
+
+
+@contextmanager
+def ctrl_c_stops(stop):
+    """While training: the first Ctrl-C asks `stop` (a GracefulStop) to end at the next step with its state
+    saved; the second raises Interrupted at once, and later ones are ignored while that unwinds. The
+    previous handler comes back afterwards. Only the main thread may set handlers: elsewhere, no change."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        if not stop.requested:
+            stop.requested = True
+            log.warning("Ctrl-C: stopping after this step, with its state saved (Ctrl-C again to stop at once)")
+            return
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise Interrupted("Ctrl-C twice: training stopped at once")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None = None) -> TrainReport:
+    """Train the LoRA on RUN/cache; `resume` continues from RUN/train/resume/last.ckpt.
+
+    Ctrl-C ends training at the next step with its state saved and raises `Interrupted`. That message and
+    a NaN loss's say how to continue: `resume_hint`, completing "to continue, ..." (default: run
+    `lookalike train RUN --resume`); a verb that resumes its own way passes its own.
+    """
     import lightning as L
     import torch
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -102,9 +187,8 @@ def train_stage(cfg, run: RunDir, resume: bool = False) -> TrainReport:
         for chatty in ("lightning.pytorch", "lightning.fabric"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
     folder = run.stage(STAGE)
-    resume_path = folder / "resume" / "last.ckpt"
-    if resume and not resume_path.exists():
-        raise ConfigError(f"--resume: {resume_path} does not exist; nothing to resume. Run without --resume")
+    if resume and not run.resume_checkpoint.exists():
+        raise ConfigError(f"--resume: {run.resume_checkpoint} does not exist; nothing to resume. Run without --resume")
     data = load_cache(run)
     runtime = training_runtime(cfg)
     world = cfg.train.devices * cfg.train.num_nodes
@@ -123,7 +207,7 @@ def train_stage(cfg, run: RunDir, resume: bool = False) -> TrainReport:
         return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
 
     def save_snapshot(step: int) -> Path:
-        return _export(cfg, transformer, lora, step, folder / "checkpoints" / f"step-{step:06d}.safetensors")
+        return _export(cfg, transformer, lora, step, run.checkpoint(step))
 
     def make_sampler():
         from lookalike.generate import settings_from_config
@@ -136,11 +220,14 @@ def train_stage(cfg, run: RunDir, resume: bool = False) -> TrainReport:
 
     accum, total = plan.accumulation, plan.total_steps
     digests = cb.RankDigests()
+    checkpoints = cb.Checkpoints(cfg.train.checkpoint_every, total, accum, run.resume_checkpoint, save_snapshot, resume)
+    stop = cb.GracefulStop(checkpoints)
     callbacks = [
         cb.StepBar(total, plan.steps_per_epoch, accum),
         cb.EpochValidation(data.holdout, data.train, plan.steps_per_epoch, accum),
-        cb.Checkpoints(cfg.train.checkpoint_every, total, accum, resume_path, save_snapshot),
+        checkpoints,
         digests,
+        stop,  # last: the step's own saves, validation and previews come first
     ]
     if cfg.train.strategy != "fsdp":  # FSDP shards the weights: a rank-0-only forward would hang
         callbacks.insert(1, cb.Previews(make_sampler, cfg.train.sample_every, plan.steps_per_epoch, total, accum,
@@ -160,18 +247,15 @@ def train_stage(cfg, run: RunDir, resume: bool = False) -> TrainReport:
     transformer.train()  # FLUX has no dropout or batch norm: this only keeps Lightning from warning
     module = LoraModule(transformer, cfg, plan, make_loader)
     started = time.time()
-    try:
-        trainer.fit(module, ckpt_path=str(resume_path) if resume else None)
-    except torch.cuda.OutOfMemoryError as e:
-        raise out_of_memory_error(cfg, e) from None
-    if trainer.interrupted:
-        raise LookalikeError(f"training was interrupted at step {trainer.global_step}; "
-                             f"continue with `lookalike train {run.root} --resume`")
+    _fit(trainer, module, cfg, run, resume, stop, lightning_precision(runtime), resume_hint)
+    if stop.stopped_at is not None:
+        if trainer.is_global_zero:
+            raise interrupted_error(run, stop.stopped_at, total, resume_hint)
+        return TrainReport(folder, stop.stopped_at, None, None, [])  # DDP ranks > 0 end quietly
     report = TrainReport(folder, trainer.global_step, None, None, digests.digests)
     if trainer.is_global_zero:
-        report.lora = _export(cfg, transformer, lora, trainer.global_step, folder / "lora.safetensors")
-        report.kohya = _export(cfg, transformer, lora, trainer.global_step, folder / "lora-kohya.safetensors",
-                               kohya=True)
+        report.lora = _export(cfg, transformer, lora, trainer.global_step, run.lora)
+        report.kohya = _export(cfg, transformer, lora, trainer.global_step, run.lora_kohya, kohya=True)
         run.write_manifest(
             folder, STAGE, steps=trainer.global_step, epochs=trainer.global_step // plan.steps_per_epoch,
             resumed=resume, seconds=round(time.time() - started, 2), device=str(runtime.device),
@@ -180,6 +264,27 @@ def train_stage(cfg, run: RunDir, resume: bool = False) -> TrainReport:
             final_loss=_metric(trainer, "train/loss"), final_fixed_loss=_metric(trainer, "val/train_fixed_loss"),
         )
     return report
+
+
+def _fit(trainer, module, cfg, run: RunDir, resume: bool, stop, precision: str, resume_hint: str | None) -> None:
+    """`trainer.fit` with Ctrl-C turned into a graceful stop, and failures into what the user can do."""
+    import signal
+
+    import torch
+
+    from lookalike.train.module import TrainingDiverged
+
+    with ctrl_c_stops(stop):
+        try:
+            trainer.fit(module, ckpt_path=str(run.resume_checkpoint) if resume else None)
+        except torch.cuda.OutOfMemoryError as e:
+            raise out_of_memory_error(cfg, e) from None
+        except TrainingDiverged as e:
+            raise diverged_error(cfg, run, e, precision, resume_hint) from None
+        except Interrupted:  # the second Ctrl-C: DDP ranks this process launched go too, as Lightning does
+            if trainer.strategy.launcher is not None:
+                trainer.strategy.launcher.kill(getattr(signal, "SIGKILL", signal.SIGTERM))
+            raise aborted_error(run, trainer.global_step, resume_hint) from None
 
 
 def _metric(trainer, name: str) -> float | None:

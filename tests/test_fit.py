@@ -1,0 +1,186 @@
+"""`lookalike fit` through the real CLI on real files: photos to a report, interrupted and continued."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance, ImageOps
+
+from helpers import astronaut, grace_hopper, make_photos, png_bomb, run_cli
+from vlm_server import Script, VLMServer
+
+KEY = "sk-fit-test-4242"
+
+
+def words(text: str) -> str:
+    """Output with Rich's line wrapping undone, for phrase checks."""
+    return " ".join(text.split())
+
+
+def start_cli(args, cwd, **env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lookalike", *[str(a) for a in args]], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the command ended (rc {proc.returncode}) before the moment to interrupt it:\n{err[-3000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("timed out waiting for the moment to interrupt")
+
+
+def interrupt(proc: subprocess.Popen) -> tuple[int, str, str]:
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow
+def test_fit_toy_from_captioned_photos_to_report_interrupted_in_training(tmp_path):
+    """The toy preset from photos with .txt captions: Ctrl-C in training, then the same command finishes."""
+    from lookalike.toy.demo import write_dataset
+
+    photos = tmp_path / "photos"
+    write_dataset(photos, 16, 0)
+    run = tmp_path / "run"
+    command = ["fit", photos, "--trigger", "Arthur", "--run", run, "--preset", "toy", "--steps", "40", "--yes",
+               "--set", "train.checkpoint_every=20", "--set", "train.sample_every=40",
+               "--set", "eval.toy_plain=2", "--set", "eval.toy_trigger=2", "--set", "eval.seeds=[0,1]"]
+    proc = start_cli(command, tmp_path)
+    wait_for(lambda: (run / "train" / "logs" / "csv" / "attempt-1" / "metrics.csv").is_file(), 300, proc)
+    time.sleep(1.0)
+    rc, out, err = interrupt(proc)
+    assert rc == 130, err[-2000:]
+    assert "Traceback" not in err and "lookalike fit" in words(err)
+    assert (run / "train" / "resume" / "last.ckpt").is_file() and not (run / "train" / "lora.safetensors").exists()
+
+    done = run_cli(command, cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = words(done.stderr)
+    assert "ingest: up to date" in said and "caption: every photo has a caption (16 written by you" in said
+    assert "train: resume" in said and "eval: drawing" in said
+    report = Path(done.stdout.strip().splitlines()[-1])
+    assert report == run / "report.html" and report.is_file()
+    assert "LoRA:" in said or "no checkpoint recommended" in said
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert [r["step"] for r in metrics["checkpoints"]] == [20, 40]
+    manifest = json.loads((run / "train" / "manifest.json").read_text())
+    assert manifest["steps"] == 40 and manifest["resumed"] is True
+
+    again = run_cli(command, cwd=tmp_path, timeout=300)  # everything current: nothing is redone
+    assert again.returncode == 0, again.stderr[-2000:]
+    said = words(again.stderr)
+    assert "train: done (40 steps)" in said and "eval: up to date (2 checkpoints)" in said
+
+    drawn = run_cli(["generate", "--run", run, "Arthur on a beach", "--seed", "0"], cwd=tmp_path, timeout=300)
+    assert drawn.returncode == 0, drawn.stderr[-2000:]
+    rec = metrics["recommendation"]
+    chosen = run / "train" / "checkpoints" / f"{rec['name']}.safetensors" if rec["name"] else run / "train" / "lora.safetensors"
+    assert f"LoRA: {chosen}" in words(drawn.stderr)  # the run's own LoRA, without --lora
+
+
+def face_photos(folder: Path) -> None:
+    """Photos of one person (the astronaut) as a phone export and a friend leave them, each with a caption."""
+    folder.mkdir(parents=True)
+    a = astronaut()
+    looks = {
+        "a.jpg": a,
+        "a.png": ImageOps.mirror(a).rotate(8),  # another photo that shares the stem a
+        "beach.jpg": ImageEnhance.Brightness(a.crop((40, 0, 472, 512))).enhance(1.3),
+        "city.jpg": ImageOps.mirror(a.crop((0, 30, 480, 512))),
+        "park.jpg": ImageEnhance.Contrast(a.rotate(-6)).enhance(0.8),
+    }
+    for name, image in looks.items():
+        image.convert("RGB").save(folder / name)
+    (folder / "beach copy.jpg").write_bytes((folder / "beach.jpg").read_bytes())  # the same bytes
+    grace_hopper().save(folder / "grace.jpg")  # somebody else
+    png_bomb(folder / "bomb.png", 100_000, 100_000)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("buy milk")
+    for name in ("beach.jpg", "city.jpg", "park.jpg", "beach copy.jpg", "grace.jpg", "bomb.png", "empty.png", "notes.jpg"):
+        (folder / Path(name).with_suffix(".txt").name).write_text(f"Arthur in a photo called {name}\n")
+    (folder / "a.jpg.txt").write_text("Arthur smiling in a space suit\n")
+    (folder / "a.png.txt").write_text("Arthur in a space suit, the picture tilted\n")
+
+
+@pytest.mark.slow
+def test_fit_trains_on_exactly_the_usable_photos_of_the_person(tmp_path):
+    photos = tmp_path / "photos"
+    face_photos(photos)
+    run = tmp_path / "run"
+    result = run_cli(["fit", photos, "--trigger", "Arthur", "--run", run, "--preset", "tiny", "--steps", "4", "--yes",
+                      "--set", "dataset.resolution=128"], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    index = json.loads((run / "cache" / "index.json").read_text())
+    trained = sorted(Path(it["photo"]).name for it in index["items"])
+    assert trained == ["a.jpg", "a.png", "beach.jpg", "city.jpg", "park.jpg"]
+    captions = {Path(it["photo"]).name: it["caption"] for it in index["items"]}
+    assert captions["a.png"] == "Arthur in a space suit, the picture tilted"  # its own caption file
+    said = words(result.stderr)
+    for name, why in (("beach copy.jpg", "duplicate"), ("grace.jpg", "person not found"), ("bomb.png", "cannot be read"),
+                      ("empty.png", "cannot be read"), ("notes.jpg", "cannot be read")):
+        assert f"{name} ({why}" in said, (name, said[:3000])
+    assert "using 5 of 10 photo files" in said
+    assert (run / "report.html").is_file()
+
+
+def distinct_photos(folder: Path, n: int) -> dict:
+    """n sharp photos with no caption; returns {photo id: array} for the server to tell them apart."""
+    make_photos(folder, n=n)
+    for txt in folder.glob("*.txt"):
+        txt.unlink()
+    return {p.stem: np.asarray(Image.open(p).convert("RGB").resize((16, 16)), dtype=float) for p in folder.glob("*.png")}
+
+
+@pytest.mark.slow
+def test_fit_interrupted_while_captioning_pays_for_no_photo_twice(tmp_path):
+    photos = tmp_path / "photos"
+    known = distinct_photos(photos, 8)
+    astronaut().save(tmp_path / "me.jpg")
+
+    def identify(image):
+        small = np.asarray(image.resize((16, 16)), dtype=float)
+        return min(known, key=lambda k: np.abs(known[k] - small).mean())
+
+    run = tmp_path / "run"
+    command = ["fit", photos, "--trigger", "Arthur", "--run", run, "--preset", "tiny", "--steps", "4", "--yes",
+               "--reference", tmp_path / "me.jpg", "--provider", "custom", "--model", "test-vlm",
+               "--api-key-env", "FIT_TEST_KEY", "--set", "caption.concurrency=2"]
+    with VLMServer(Script(identify=identify, api_key=KEY, latency=0.8)) as server:
+        command[command.index("--provider"):command.index("--provider")] = ["--base-url", server.url]
+        proc = start_cli(command, tmp_path, FIT_TEST_KEY=KEY)
+        wait_for(lambda: len(server.seen) >= 3, 120, proc)
+        signalled = time.time()
+        rc, out, err = interrupt(proc)
+        assert rc == 130, err[-2000:]
+        assert "Traceback" not in err and "lookalike fit" in words(err)
+        late = [s for s in server.seen if s.at > signalled + 0.5]
+        assert not late, "requests sent after Ctrl-C"
+        first = {s.photo for s in server.seen if s.status == 200}
+        for photo in first:  # every answer received is kept
+            assert (photos / f"{photo}.txt").is_file()
+        assert len(first) < 8
+
+        done = run_cli(command, cwd=tmp_path, timeout=600, FIT_TEST_KEY=KEY)
+        assert done.returncode == 0, done.stderr[-3000:]
+        asked = [s.photo for s in server.seen if s.status == 200]
+        assert sorted(asked) == sorted(known)  # every photo asked exactly once across both runs
+    said = words(done.stderr)
+    # drawn shapes, no faces: said before anything was paid for, and the LoRA is made all the same
+    assert said.index("eval: cannot measure likeness (the dataset doctor found no face") < said.index("captioned by test-vlm")
+    assert done.stdout.strip().splitlines()[-1] == str(run / "train" / "lora.safetensors")
+    assert not (run / "report.html").exists()
+    assert KEY not in "".join(p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file() and p.suffix in
+                             (".json", ".jsonl", ".yaml", ".html", ".md", ".txt"))
