@@ -94,6 +94,16 @@ def test_eval_writes_every_checkpoint_and_recommends_one(toy_run, evaluated):
     assert "| step-000008 |" in (folder / "metrics.md").read_text()
 
 
+def test_eight_steps_learn_nothing_and_nothing_is_recommended(toy_run, evaluated):
+    """8 toy steps are far too few to learn Arthur (the demo trains 400): eval must not dress that up."""
+    rd, _ = toy_run
+    saved = json.loads((rd.root / "eval" / "metrics.json").read_text())
+    assert max(r["scores"]["likeness"] for r in saved["checkpoints"]) < 0.3
+    assert saved["recommendation"]["step"] is None
+    last = (rd.root / "eval" / "metrics.md").read_text().strip().splitlines()[-1]
+    assert last.startswith("no checkpoint recommended: no checkpoint learned the person") and "Try: train longer" in last
+
+
 def test_evaluating_one_checkpoint_again_keeps_the_others_rows(toy_run, evaluated, tmp_path):
     from lookalike.evaluate.run import merge_rows
 
