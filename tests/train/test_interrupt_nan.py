@@ -22,8 +22,8 @@ from lookalike.train.run import diverged_error
 def test_ctrl_c_saves_the_step_says_how_to_continue_and_the_resume_finishes(tmp_path):
     photos = make_photos(tmp_path / "photos", 6)
     run = tmp_path / "run"
-    # 3 steps per epoch, 40 epochs = 120 steps: long enough that Ctrl-C lands mid-run
-    args = ["--photos", photos, "--preset", "tiny", "--set", "train.epochs=40", "--set", "train.checkpoint_every=1000",
+    # 3 steps per epoch, 20 epochs = 60 steps: long enough that Ctrl-C lands mid-run
+    args = ["--photos", photos, "--preset", "tiny", "--set", "train.epochs=20", "--set", "train.checkpoint_every=1000",
             "--set", "train.sample_every=1000"]
     started = time.time()
     with open(tmp_path / "log.txt", "w") as log:
@@ -32,7 +32,7 @@ def test_ctrl_c_saves_the_step_says_how_to_continue_and_the_resume_finishes(tmp_
         while not (run / "train" / "logs").exists():  # the trainer exists: its loggers made the folder
             assert proc.poll() is None and time.time() - started < 300
             time.sleep(0.05)
-        time.sleep(3)
+        time.sleep(1.5)
         os.kill(proc.pid, signal.SIGINT)
         rc = proc.wait(timeout=300)
     err = " ".join((tmp_path / "log.txt").read_text().split())
@@ -40,14 +40,14 @@ def test_ctrl_c_saves_the_step_says_how_to_continue_and_the_resume_finishes(tmp_
     assert "Traceback" not in err
     state = torch.load(run / "train" / "resume" / "last.ckpt", weights_only=False)
     step = state["global_step"]
-    assert 0 < step < 120
-    assert f"Ctrl-C at step {step} of 120: the state at that step is saved in {run / 'train' / 'resume' / 'last.ckpt'}" in err
+    assert 0 < step < 60
+    assert f"Ctrl-C at step {step} of 60: the state at that step is saved in {run / 'train' / 'resume' / 'last.ckpt'}" in err
     assert f"to continue, run `lookalike train {run} --resume`" in err
     assert not (run / "train" / "lora.safetensors").exists()
 
     resumed = run_cli(["train", run, "--resume"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert json.loads((run / "train" / "manifest.json").read_text())["steps"] == 120
+    assert json.loads((run / "train" / "manifest.json").read_text())["steps"] == 60
 
 
 def _saved(rd: RunDir, step: int) -> None:

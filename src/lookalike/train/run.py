@@ -263,6 +263,10 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
             lora=report.lora.name, kohya=report.kohya.name, rank_digests=report.rank_digests,
             final_loss=_metric(trainer, "train/loss"), final_fixed_loss=_metric(trainer, "val/train_fixed_loss"),
         )
+        if stop.requested:  # Ctrl-C during the last step: the run ended and is exported; stop the caller too
+            rest = f"; to go on with what comes next, {resume_hint}" if resume_hint else ""
+            raise Interrupted(f"Ctrl-C during the last step: training finished ({trainer.global_step} steps) and the "
+                              f"LoRA is saved in {run.lora}{rest}")
     return report
 
 
