@@ -89,6 +89,21 @@ def test_fit_toy_from_captioned_photos_to_report_interrupted_in_training(tmp_pat
     chosen = run / "train" / "checkpoints" / f"{rec['name']}.safetensors" if rec["name"] else run / "train" / "lora.safetensors"
     assert f"LoRA: {chosen}" in words(drawn.stderr)  # the run's own LoRA, without --lora
 
+    # our own kohya/ComfyUI export draws what the diffusers file draws (the toy FLUX's widths, not FLUX.1-dev's)
+    made = run_cli(["generate", "--run", run, "--lora", run / "train" / "lora-kohya.safetensors", "Arthur on a beach",
+                    "--seed", "0", "--out", tmp_path / "kohya"], cwd=tmp_path, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    (kohya,) = (tmp_path / "kohya").glob("0*.png")
+    from lookalike.config import load_config
+    from lookalike.generate import generate_to_folder
+    from lookalike.models.lora import LoraSpec
+
+    cfg = load_config(run / "config.yaml", overrides=["generate.seeds=[0]"])
+    cfg.generate.loras = [LoraSpec(path=str(run / "train" / "lora.safetensors"))]
+    (diffusers,) = generate_to_folder(cfg, ["Arthur on a beach"], tmp_path / "diffusers")
+    gap = np.abs(np.asarray(Image.open(kohya), dtype=np.float64) - np.asarray(Image.open(diffusers), dtype=np.float64))
+    assert gap.max() <= 1.0
+
 
 def face_photos(folder: Path) -> None:
     """Photos of one person (the astronaut) as a phone export and a friend leave them, each with a caption."""
