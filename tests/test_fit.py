@@ -198,3 +198,44 @@ def test_fit_interrupted_while_captioning_pays_for_no_photo_twice(tmp_path):
     assert not (run / "report.html").exists()
     assert KEY not in "".join(p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file() and p.suffix in
                              (".json", ".jsonl", ".yaml", ".html", ".md", ".txt"))
+
+
+def test_fit_redraws_only_checkpoints_without_a_current_evaluation(tmp_path):
+    """Evaluated rows count only for the same suite and for checkpoint files not saved again since."""
+    from lookalike.config import load_config
+    from lookalike.evaluate.run import Checkpoint
+    from lookalike.evaluate.suite import suite_of
+    from lookalike.pipeline import unevaluated
+    from lookalike.rundir import RunDir, write_json_atomic
+
+    rd = RunDir(tmp_path / "run")
+    cfg = load_config(None, preset="toy")
+    checkpoints = []
+    for step in (12, 24):
+        rd.checkpoint(step).parent.mkdir(parents=True, exist_ok=True)
+        rd.checkpoint(step).write_bytes(b"")
+        checkpoints.append(Checkpoint(step, rd.checkpoint(step)))
+    assert unevaluated(cfg, rd, checkpoints) == [12, 24]  # no eval yet
+    write_json_atomic(rd.eval_metrics, {"suite": {"fingerprint": suite_of(cfg).fingerprint()},
+                                        "checkpoints": [{"step": 12}]})
+    assert unevaluated(cfg, rd, checkpoints) == [24]
+    other_seeds = load_config(None, preset="toy", overrides=["eval.seeds=[7]"])
+    assert unevaluated(other_seeds, rd, checkpoints) == [12, 24]  # another suite: its rows do not compare
+    later = rd.eval_metrics.stat().st_mtime + 60
+    os.utime(rd.checkpoint(12), (later, later))  # step 12 saved again after the evaluation
+    assert unevaluated(cfg, rd, checkpoints) == [12, 24]
+
+
+def test_ctrl_c_in_a_stage_without_its_own_handling_says_how_to_continue(tmp_path, monkeypatch):
+    from lookalike import pipeline
+    from lookalike.config import load_config
+    from lookalike.errors import Interrupted
+    from lookalike.rundir import RunDir
+
+    def pressed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_ingest", pressed)
+    opts = pipeline.FitOptions(command="lookalike fit photos --trigger Arthur")
+    with pytest.raises(Interrupted, match=r"to continue, run the same command again: `lookalike fit photos --trigger Arthur`"):
+        pipeline.fit(load_config(None, preset="toy"), RunDir(tmp_path / "run"), opts, print)

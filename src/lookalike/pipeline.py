@@ -43,6 +43,13 @@ class FitResult:
 def fit(cfg, rd: RunDir, opts: FitOptions, say: Callable[[str], None]) -> FitResult:
     """Run every stage that is not current yet; `say` prints one line per stage."""
     again = f"run the same command again: `{opts.command}`"
+    try:
+        return _fit(cfg, rd, opts, again, say)
+    except KeyboardInterrupt:  # a stage without its own Ctrl-C handling (ingest, cache, eval)
+        raise Interrupted(f"Ctrl-C: stopped; every file already finished is kept; to continue, {again}") from None
+
+
+def _fit(cfg, rd: RunDir, opts: FitOptions, again: str, say) -> FitResult:
     selection = _ingest(cfg, rd, say)
     captions = _caption_plan(cfg, rd, opts, say)
     steps, resume = _train_plan(cfg, rd, selection)
@@ -200,12 +207,9 @@ def _evaluate(cfg, rd: RunDir, say) -> dict | None:
     from lookalike.evaluate.run import evaluate_run, find_checkpoints
 
     checkpoints = find_checkpoints(rd)
-    done = set()
-    if rd.eval_metrics.is_file():
+    todo = unevaluated(cfg, rd, checkpoints)
+    if not todo and rd.eval_metrics.is_file():
         metrics = json.loads(rd.eval_metrics.read_text())
-        done = {r["step"] for r in metrics.get("checkpoints", [])}
-    todo = [c.step for c in checkpoints if c.step not in done]
-    if not todo:
         say(f"eval: up to date ({len(checkpoints)} checkpoints)")
         return metrics
     try:
@@ -217,6 +221,23 @@ def _evaluate(cfg, rd: RunDir, say) -> dict | None:
         return None
     say(f"eval: drawing {judge.suite.images * (1 + len(todo))} images (the base and {len(todo)} checkpoint(s))")
     return evaluate_run(cfg, rd, todo, judge)
+
+
+def unevaluated(cfg, rd: RunDir, checkpoints) -> list[int]:
+    """Steps of `checkpoints` that RUN/eval/metrics.json has no current row for: never evaluated, evaluated
+    on another suite (prompts or seeds changed since), or saved again after the evaluation."""
+    import json
+
+    from lookalike.evaluate.suite import suite_of
+
+    done = set()
+    if rd.eval_metrics.is_file():
+        metrics = json.loads(rd.eval_metrics.read_text())
+        if metrics.get("suite", {}).get("fingerprint") == suite_of(cfg).fingerprint():
+            evaluated = rd.eval_metrics.stat().st_mtime
+            done = {r["step"] for r in metrics.get("checkpoints", [])}
+            done -= {c.step for c in checkpoints if c.path.stat().st_mtime > evaluated}
+    return [c.step for c in checkpoints if c.step not in done]
 
 
 def _report(cfg, rd: RunDir, metrics: dict, say) -> FitResult:

@@ -79,6 +79,11 @@ def toy_suite(cfg):
     return toy, EvalSuite(groups, tuple(ev.seeds))
 
 
+def suite_of(cfg) -> EvalSuite:
+    """The suite `make_judge(cfg, run)` draws, without building the judge (which reads the photos' faces)."""
+    return toy_suite(cfg)[1] if is_toy(cfg) else gallery_suite(cfg)
+
+
 def is_toy(cfg) -> bool:
     """The toy world is measured by the toy scorer; every other model by dlib face embeddings."""
     return cfg.model.source == "lookalike:toy"
