@@ -85,6 +85,7 @@ def _ingest(cfg, rd: RunDir, say):
                                       "decide by face") + f" (table: lookalike ingest {cfg.dataset.photos} --run {rd.root})")
     selection = current_selection(cfg, rd, refresh=False)
     say(f"photos: {selection.line(rd)}")
+    logging.getLogger("lookalike.data.selection").setLevel(logging.WARNING)  # said once here, not per stage
     if not selection.used:
         raise ConfigError(f"no photo of {cfg.dataset.photos} can train (reasons above); add photos of the person, "
                           f"or bring some back with `include:` in {rd.selection_path}")

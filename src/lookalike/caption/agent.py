@@ -80,8 +80,6 @@ def photo_files(cfg, rd: RunDir) -> list[Path]:
     """The photos to caption: those that will train (the doctor's selection with RUN/photos.yaml, when
     `lookalike ingest` has run; else every image of the folder less photos.yaml's `exclude:`). A photo
     left out is never paid for."""
-    import logging
-
     from lookalike.data.selection import current_selection
     from lookalike.ingest.doctor import candidate_files, check_folder
 
@@ -92,8 +90,7 @@ def photo_files(cfg, rd: RunDir) -> list[Path]:
     else:
         files = [p for p in candidate_files(check_folder(folder))
                  if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in selection.left_out]
-    if selection.left_out:
-        logging.getLogger(__name__).info("caption: %s", selection.line(rd))
+    selection.announce(rd, "caption")
     if not files:
         raise ConfigError(f"dataset.photos = {str(folder)!r} holds no photos to caption "
                           f"({', '.join(sorted(IMAGE_SUFFIXES))}, less those left out in {rd.selection_path}); "

@@ -147,7 +147,7 @@ def build_cache(cfg, run: RunDir) -> CacheReport:
     from lookalike.rundir import ensure_writable
 
     selection = current_selection(cfg, run)
-    log.info("cache: %s", selection.line(run))
+    selection.announce(run, "cache")
     hint = leave_out_hint(run)
     photos = find_photos(cfg.dataset.photos, cfg.dataset.trigger, cfg.dataset.missing_trigger, selection.used, hint)
     grounding = find_grounding(cfg.dataset.grounding, cfg.dataset.trigger)

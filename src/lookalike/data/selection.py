@@ -52,6 +52,11 @@ class Selection:
         why = "; ".join(f"{name} ({reason})" for name, reason in sorted(self.left_out.items()))
         return f"{head}; left out: {why}. Change it in {rd.selection_path}"
 
+    def announce(self, rd: RunDir, stage: str) -> None:
+        """Log `line` as a stage's first line (through this module's logger, which `fit`, having printed
+        the line once itself, quiets for the stages it runs)."""
+        log.info("%s: %s", stage, self.line(rd))
+
 
 def write_lists_template(rd: RunDir) -> None:
     """RUN/photos.yaml with empty lists and how to use them, unless the user's file is already there."""
