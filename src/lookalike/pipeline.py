@@ -43,10 +43,14 @@ class FitResult:
 def fit(cfg, rd: RunDir, opts: FitOptions, say: Callable[[str], None]) -> FitResult:
     """Run every stage that is not current yet; `say` prints one line per stage."""
     again = f"run the same command again: `{opts.command}`"
+    selection_log = logging.getLogger("lookalike.data.selection")
+    level = selection_log.level
     try:
         return _fit(cfg, rd, opts, again, say)
     except KeyboardInterrupt:  # a stage without its own Ctrl-C handling (ingest, cache, eval)
         raise Interrupted(f"Ctrl-C: stopped; every file already finished is kept; to continue, {again}") from None
+    finally:
+        selection_log.setLevel(level)  # _ingest quiets the stages' own photo lines for this fit only
 
 
 def _fit(cfg, rd: RunDir, opts: FitOptions, again: str, say) -> FitResult:
@@ -85,7 +89,8 @@ def _ingest(cfg, rd: RunDir, say):
                                       "decide by face") + f" (table: lookalike ingest {cfg.dataset.photos} --run {rd.root})")
     selection = current_selection(cfg, rd, refresh=False)
     say(f"photos: {selection.line(rd)}")
-    logging.getLogger("lookalike.data.selection").setLevel(logging.WARNING)  # said once here, not per stage
+    logging.getLogger("lookalike.data.selection").setLevel(logging.WARNING)  # said once here, not per stage (fit
+    # restores the level when it ends)
     if not selection.used:
         raise ConfigError(f"no photo of {cfg.dataset.photos} can train (reasons above); add photos of the person, "
                           f"or bring some back with `include:` in {rd.selection_path}")
