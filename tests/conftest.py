@@ -40,7 +40,7 @@ def twin_pipe(twin_dir):
     """A pipeline loaded from the twin folder through the same path as FLUX.1-dev."""
     import torch
 
-    from lookalike.models.flux import load_pipeline, resolve_source
+    from lookalike.models.source import load_pipeline, resolve_source
 
     pipe = load_pipeline(resolve_source(str(twin_dir)), torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -52,7 +52,7 @@ def fresh_pipe(twin_dir):
     """A pipeline of its own for tests that load LoRAs into it (~0.1 s)."""
     import torch
 
-    from lookalike.models.flux import load_pipeline, resolve_source
+    from lookalike.models.source import load_pipeline, resolve_source
 
     pipe = load_pipeline(resolve_source(str(twin_dir)), torch.float32)
     pipe.set_progress_bar_config(disable=True)

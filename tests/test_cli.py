@@ -23,7 +23,8 @@ def test_import_loads_no_model_and_creates_no_folder(tmp_path):
     home = tmp_path / "home"
     code = (
         "import sys, lookalike, lookalike.cli, lookalike.config, lookalike.generate, lookalike.rundir, "
-        "lookalike.runtime, lookalike.models.flux, lookalike.models.lora, lookalike.models.twin\n"
+        "lookalike.runtime, lookalike.models.source, lookalike.models.lora, lookalike.models.twin, "
+        "lookalike.models.family, lookalike.models.flux1, lookalike.models.flux2\n"
         "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'peft') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -84,7 +84,8 @@ def test_defaults_are_the_seed_table():
 def test_presets_ship_in_the_package():
     assert PRESETS_DIR.is_dir()
     assert PRESETS_DIR.parent == Path(sys.modules["lookalike"].__file__).parent
-    assert preset_names() == ["flux1-dev", "tiny", "toy"]
+    assert preset_names() == ["flux1-dev", "flux2-dev", "flux2-klein-4b", "flux2-klein-9b", "tiny", "tiny-flux2",
+                              "tiny-flux2-klein", "toy"]
 
 
 def test_flux1_dev_preset_spells_out_the_seed_table():
@@ -130,7 +131,7 @@ def test_preset_argument_beats_the_files_preset_key(tmp_path):
 
 def test_unknown_preset_lists_the_valid_ones():
     message = config_error(preset="flux-dev")
-    assert "'flux-dev'" in message and "flux1-dev, tiny" in message
+    assert "'flux-dev'" in message and "Valid presets: flux1-dev, flux2-dev" in message and "tiny" in message
 
 
 def test_lists_replace_rather_than_merge(tmp_path):

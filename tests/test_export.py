@@ -32,7 +32,7 @@ def test_diffusers_export_reproduces_the_trained_model(twin_dir, twin_pipe, trai
     from diffusers import FluxPipeline
 
     from lookalike.config import LoraSpec
-    from lookalike.models.flux import load_pipeline, resolve_source
+    from lookalike.models.source import load_pipeline, resolve_source
     from lookalike.models.lora import apply_loras
 
     transformer, summary = trained

@@ -9,7 +9,7 @@ import torch
 
 from helpers import draw
 from lookalike.errors import ModelLoadError
-from lookalike.models.flux import load_pipeline, load_transformer, resolve_source
+from lookalike.models.source import load_pipeline, load_transformer, resolve_source
 from lookalike.models.twin import SINGLE_FILE_NAME, build_twin
 
 
@@ -103,7 +103,7 @@ def test_folder_that_is_not_a_pipeline(tmp_path):
 
 def test_folder_with_another_pipeline_class(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
-    with pytest.raises(ModelLoadError, match="StableDiffusionXLPipeline, not a FLUX.1 pipeline"):
+    with pytest.raises(ModelLoadError, match="holds a StableDiffusionXLPipeline, which lookalike does not train.*known families: FLUX.1"):
         load_pipeline(resolve_source(str(tmp_path)), torch.float32)
 
 
@@ -112,7 +112,7 @@ def test_single_file_that_is_not_flux(tmp_path):
 
     path = tmp_path / "sdxl.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 2)}, str(path))
-    with pytest.raises(ModelLoadError, match="no FLUX transformer weights"):
+    with pytest.raises(ModelLoadError, match="no transformer weights of a known family"):
         load_transformer(resolve_source(str(path), components="unused/repo"), torch.float32)
 
 

@@ -59,7 +59,7 @@ def test_two_loras_stack(fresh_pipe, identity_lora, style_lora):
 
 
 def test_stack_with_zero_weight_equals_single(twin_dir, fresh_pipe, identity_lora, style_lora):
-    from lookalike.models.flux import load_pipeline, resolve_source
+    from lookalike.models.source import load_pipeline, resolve_source
 
     apply_loras(fresh_pipe, [LoraSpec(path=str(identity_lora), weight=1.0), LoraSpec(path=str(style_lora), weight=0.0)])
     single = load_pipeline(resolve_source(str(twin_dir)), torch.float32)
@@ -69,7 +69,7 @@ def test_stack_with_zero_weight_equals_single(twin_dir, fresh_pipe, identity_lor
 
 
 def test_kohya_and_diffusers_formats_give_the_same_image(twin_dir, twin_pipe, tmp_path):
-    from lookalike.models.flux import load_pipeline, resolve_source
+    from lookalike.models.source import load_pipeline, resolve_source
     from lookalike.models.flux_keys import lora_to_kohya, module_out_features
 
     # diffusers' kohya importer hard-codes FLUX.1's real single-block sizes, so on the twin the
@@ -156,7 +156,7 @@ def test_generate_to_folder_matches_the_sampler_and_records_loras(twin_dir, iden
 
     from lookalike.config import load_config
     from lookalike.generate import generate_to_folder
-    from lookalike.models.flux import load_pipeline, resolve_source
+    from lookalike.models.source import load_pipeline, resolve_source
 
     cfg = load_config(preset="tiny", overrides=[
         f"model.source={twin_dir}", "generate.seeds=[5]", f"generate.loras=[{{path: '{identity_lora}', weight: 0.7}}]"])

@@ -26,7 +26,8 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-PRESET_HELP = "Preset to start from: flux1-dev (the real model, GPU), tiny (random-weight twin, CPU) or toy (the pretrained toy FLUX, CPU)."
+PRESET_HELP = ("Preset to start from: flux1-dev, flux2-klein-4b, flux2-klein-9b, flux2-dev (real models, GPU), "
+               "tiny, tiny-flux2-klein, tiny-flux2 (random-weight twins, CPU) or toy (the pretrained toy FLUX, CPU).")
 CONFIG_HELP = "A run config YAML; its values override the preset's."
 SET_HELP = "Override one setting, e.g. --set generate.steps=20 (repeatable)."
 
@@ -380,13 +381,16 @@ def train(
 def twin(
     folder: Path = typer.Argument(..., help="Where to save the twin (a diffusers folder)."),
     seed: int = typer.Option(0, help="Weight seed: same seed, same twin, same images."),
+    family: str = typer.Option("flux1", help="Model family: flux1, flux2-dev or flux2-klein."),
 ) -> None:
-    """Build the tiny random-weight FLUX.1 twin and save it like a local FLUX.1-dev folder."""
-    from lookalike.models.twin import SINGLE_FILE_NAME, save_twin
+    """Build a family's tiny random-weight twin and save it like a local copy of the real model."""
+    from lookalike.models.family import family as get_family
+    from lookalike.models.twin import save_twin, single_file_name
 
     _quiet_libraries()
-    save_twin(folder, seed=seed)
-    console.print(f"[green]saved the tiny twin to[/green] {folder} (also {folder / SINGLE_FILE_NAME})")
+    get_family(family)  # an unknown name: the known ones, before anything is built
+    save_twin(folder, seed=seed, family=family)
+    console.print(f"[green]saved the tiny {family} twin to[/green] {folder} (also {folder / single_file_name(family)})")
 
 
 @app.command()

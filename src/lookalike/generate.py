@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SampleSettings:
-    """How to draw: denoising steps, the guidance value fed to FLUX's embedder, size in pixels, and how
-    many images share one denoising call."""
+    """How to draw: denoising steps, the guidance value (the model family says whether it is fed to an
+    embedding or used for classifier-free guidance), size in pixels, and how many images share one
+    denoising call."""
 
     steps: int = 28
     guidance: float = 3.5
@@ -34,11 +35,15 @@ class SampleSettings:
 
 @dataclass
 class PromptEmbedding:
-    """One prompt's text conditioning. t5: [1, L, D_t5]; pooled: [1, D_clip]."""
+    """One prompt's text conditioning: `cond` is the model family's, {name: [1, ...]}, opaque here."""
 
     prompt: str
-    t5: "torch.Tensor"  # noqa: F821
-    pooled: "torch.Tensor"  # noqa: F821
+    cond: dict
+
+    def to(self, device) -> "PromptEmbedding":
+        from lookalike.models.family import cond_to
+
+        return PromptEmbedding(self.prompt, cond_to(self.cond, device))
 
 
 @dataclass
@@ -53,39 +58,96 @@ class Sample:
 
 
 def encode_prompts(pipe, prompts: Sequence[str], max_sequence_length: int, device=None) -> list[PromptEmbedding]:
-    """Run CLIP and T5 once per distinct prompt (on `device`, default the pipeline's)."""
+    """Run the text encoders once per distinct prompt (on `device`, default the pipeline's)."""
     import torch
 
+    from lookalike.models.family import family_of_module
+
+    family = family_of_module(pipe)
     out: dict[str, PromptEmbedding] = {}
     with torch.no_grad():
         for p in prompts:
             if p not in out:
-                t5, pooled, _ = pipe.encode_prompt(
-                    p, prompt_2=None, device=device, max_sequence_length=max_sequence_length
-                )
-                out[p] = PromptEmbedding(p, t5, pooled)
+                out[p] = PromptEmbedding(p, family.encode_text(pipe, [p], max_sequence_length, device))
     return [out[p] for p in prompts]
 
 
 def encode_then_drop_text_encoders(pipe, prompts: Sequence[str], max_sequence_length: int, device):
     """Encode every prompt with only the text encoders on `device`, then drop the encoders.
 
-    Denoising never needs them, and FLUX.1's T5-XXL alone is ~9.5 GB in bf16: dropping it before the
-    12B transformer moves to the GPU lowers generation's peak memory by that much.
+    Denoising never needs them, and they are large (FLUX.1's T5-XXL alone is ~9.5 GB in bf16): dropping
+    them before the transformer moves to the GPU lowers generation's peak memory by that much.
     """
     import gc
 
     import torch
 
-    for name in ("text_encoder", "text_encoder_2"):
-        getattr(pipe, name).to(device)
+    from lookalike.models.family import family_of_module
+
+    parts = family_of_module(pipe).text_parts
+    for name in parts:
+        if hasattr(getattr(pipe, name), "to"):
+            getattr(pipe, name).to(device)
     embeddings = encode_prompts(pipe, prompts, max_sequence_length, device)
-    for name in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+    for name in parts:
         setattr(pipe, name, None)
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return embeddings
+
+
+@dataclass
+class Prepared:
+    """A pipeline ready to draw: LoRAs applied, prompts encoded, text encoders dropped, on its device.
+
+    `negative`: the empty prompt's conditioning, for families that sample with true classifier-free
+    guidance (None for guidance-distilled ones such as FLUX.1). `loras`: the adapter names applied.
+    """
+
+    pipe: object
+    embeddings: dict  # {prompt: PromptEmbedding}
+    settings: SampleSettings
+    negative: PromptEmbedding | None = None
+    loras: list = field(default_factory=list)
+
+    def draw(self, prompts: Sequence[str], seeds: Sequence[int], on_sample=None) -> Iterator["Sample"]:
+        """Every prompt x seed, prompt-major (see `sample`)."""
+        return sample(self.pipe, [self.embeddings[p] for p in prompts], seeds, self.settings, on_sample,
+                      negative=self.negative)
+
+
+def prepare_pipeline(source, runtime, prompts: Sequence[str], settings: SampleSettings, loras=(),
+                     transformer=None, embeddings: Sequence[PromptEmbedding] | None = None,
+                     negative: PromptEmbedding | None = None) -> Prepared:
+    """The one way every caller (generate, eval, the demo, training previews) gets a pipeline to draw with.
+
+    Whole model: load it, apply `loras` (LoraSpecs; before encoding, as a LoRA may touch a text encoder),
+    encode `prompts` (and the empty prompt when the family needs a negative), drop the text encoders, move
+    to `runtime.device`. With a live `transformer` and cached `embeddings` (training previews): load only
+    the VAE and scheduler around it.
+    """
+    from lookalike.models.family import family_of_module
+    from lookalike.models.source import load_pipeline, load_sampling_parts, source_family
+
+    if transformer is not None:
+        family = source_family(source)
+        vae, scheduler = load_sampling_parts(source, runtime.dtype)
+        pipe = family.load_class("pipeline")(
+            scheduler=scheduler, vae=vae, transformer=transformer, **{p: None for p in family.text_parts})
+        pipe.set_progress_bar_config(disable=True)
+        return Prepared(pipe, {e.prompt: e for e in embeddings}, settings, negative)
+    from lookalike.models.lora import apply_loras
+
+    pipe = load_pipeline(source, runtime.dtype)
+    pipe.set_progress_bar_config(disable=True)
+    names = apply_loras(pipe, list(loras))
+    needs_negative = family_of_module(pipe).guidance == "cfg"
+    texts = list(prompts) + ([""] if needs_negative else [])
+    encoded = encode_then_drop_text_encoders(pipe, texts, settings.max_sequence_length, runtime.device)
+    pipe.to(runtime.device)
+    found = {e.prompt: e for e in encoded}
+    return Prepared(pipe, found, settings, found[""] if needs_negative else None, names)
 
 
 def sample(
@@ -94,23 +156,26 @@ def sample(
     seeds: Sequence[int],
     settings: SampleSettings,
     on_sample: Callable[[Sample], None] | None = None,
+    negative: PromptEmbedding | None = None,
 ) -> Iterator[Sample]:
     """Draw every (prompt, seed) pair, prompt-major, `settings.batch_size` pairs per call. Yields PIL images
-    as they finish."""
+    as they finish. `negative`: the empty prompt's embedding, for families with true CFG."""
     import torch
 
+    from lookalike.models.family import cond_cat, family_of_module
+
+    family = family_of_module(pipe)
     pairs = [(emb, int(seed)) for emb in embeddings for seed in seeds]
     for start in range(0, len(pairs), settings.batch_size):
         chunk = pairs[start:start + settings.batch_size]
+        cond = cond_cat(emb.cond for emb, _ in chunk)
+        neg = cond_cat([negative.cond] * len(chunk)) if negative is not None else None
         with torch.no_grad():
             images = pipe(
-                prompt_embeds=torch.cat([emb.t5 for emb, _ in chunk]),
-                pooled_prompt_embeds=torch.cat([emb.pooled for emb, _ in chunk]),
+                **family.sample_kwargs(cond, neg, settings),
                 num_inference_steps=settings.steps,
-                guidance_scale=settings.guidance,
                 width=settings.width,
                 height=settings.height,
-                max_sequence_length=settings.max_sequence_length,
                 generator=[torch.Generator("cpu").manual_seed(seed) for _, seed in chunk],
             ).images
         for (emb, seed), image in zip(chunk, images):
@@ -193,8 +258,8 @@ def generate_to_folder(cfg, prompts: Sequence[str], folder: Path, on_sample=None
 
     Everything that can be checked without the model (source path, LoRA paths) is checked first.
     """
-    from lookalike.models.flux import load_pipeline, model_source
-    from lookalike.models.lora import apply_loras, lora_file
+    from lookalike.models.lora import lora_file
+    from lookalike.models.source import model_source
     from lookalike.runtime import decide_runtime
 
     source = model_source(cfg.model)
@@ -202,19 +267,14 @@ def generate_to_folder(cfg, prompts: Sequence[str], folder: Path, on_sample=None
     for spec in specs:
         lora_file(spec.path)
     runtime = decide_runtime(cfg.runtime.device, cfg.runtime.dtype)
-    pipe = load_pipeline(source, runtime.dtype)
-    pipe.set_progress_bar_config(disable=True)
-    names = apply_loras(pipe, specs)  # before encoding: a LoRA may also touch the text encoder
+    ready = prepare_pipeline(source, runtime, prompts, settings_from_config(cfg.generate), loras=specs)
     info = {
         "model": cfg.model.source,
-        "loras": [{"name": n, "path": str(s.path), "weight": s.weight} for n, s in zip(names, specs)],
+        "loras": [{"name": n, "path": str(s.path), "weight": s.weight} for n, s in zip(ready.loras, specs)],
     }
-    settings = settings_from_config(cfg.generate)
-    embeddings = encode_then_drop_text_encoders(pipe, prompts, settings.max_sequence_length, runtime.device)
-    pipe.to(runtime.device)
     folder.mkdir(parents=True, exist_ok=True)
     samples, paths = [], []
-    for i, s in enumerate(sample(pipe, embeddings, cfg.generate.seeds, settings, on_sample)):
+    for i, s in enumerate(ready.draw(prompts, cfg.generate.seeds, on_sample)):
         s.info = info
         paths.append(save_sample(s, folder, i))
         samples.append(s)

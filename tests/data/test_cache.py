@@ -58,10 +58,10 @@ def test_cached_latents_are_the_normalised_vae_mode(tmp_path, twin_pipe):
     with torch.no_grad():
         expected = (vae.encode(x).latent_dist.mean - vae.config.shift_factor) * vae.config.scaling_factor
     torch.testing.assert_close(item.latent, expected[0], rtol=1e-5, atol=1e-5)
-    assert item.t5.shape == (32, twin_pipe.text_encoder_2.config.d_model)
+    assert item.cond["t5"].shape == (32, twin_pipe.text_encoder_2.config.d_model)
     with torch.no_grad():
         t5, pooled, _ = twin_pipe.encode_prompt("", None, max_sequence_length=32)
-    torch.testing.assert_close(data.empty[0], t5[0])
+    torch.testing.assert_close(data.empty["t5"], t5[0])
     assert [p.prompt for p in data.prompts] == ["Arthur wearing a tuxedo", "Arthur as a wizard"]
 
 
@@ -108,3 +108,25 @@ def test_grounding_photos_train_beside_the_person_and_are_never_held_out(tmp_pat
         build_cache(cfg, run)
     with pytest.raises(ConfigError, match=r"dataset.grounding = .*nowhere.* is not a folder"):
         build_cache(_cfg(photos, f"dataset.grounding={tmp_path / 'nowhere'}"), run)
+
+
+def test_a_cache_from_before_model_families_is_read_and_one_of_another_family_is_refused(tmp_path):
+    """Indexes written before families existed have no `family`: only FLUX.1 was trained then, and their
+    text files hold exactly FLUX.1's conditioning, so they are read. Another family's cache is never used."""
+    photos = make_photos(tmp_path / "photos", 2)
+    run = RunDir(tmp_path / "run")
+    build_cache(_cfg(photos), run)
+    index = json.loads(run.cache_index.read_text())
+    assert index["family"] == "flux1"
+    fresh = load_cache(run, "flux1")
+
+    del index["family"]  # what an index from before the change looks like
+    run.cache_index.write_text(json.dumps(index))
+    old = load_cache(run, "flux1")
+    assert old.family == "flux1" and len(old.train) == len(fresh.train) == 2
+    assert all(torch.equal(a.cond["t5"], b.cond["t5"]) for a, b in zip(old.train, fresh.train))
+
+    index["family"] = "flux2-klein"
+    run.cache_index.write_text(json.dumps(index))
+    with pytest.raises(ConfigError, match=r"written for a flux2-klein model.*lookalike cache"):
+        load_cache(run, "flux1")

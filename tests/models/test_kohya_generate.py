@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from helpers import draw, run_cli
-from lookalike.config.schema import TARGET_PRESETS
+from lookalike.models.flux1 import FAMILY as FLUX1
 from lookalike.errors import LoraError
 from lookalike.models.lora import LoraSpec, apply_loras
 
@@ -47,7 +47,7 @@ def trained_like_lora(twin_dir, targets, folder, seed: int):
 
 def drawn_with(twin_dir, specs) -> np.ndarray:
     """PROMPT at SEED through the one sampler on a fresh twin pipeline with `specs` applied."""
-    from lookalike.models.flux import load_pipeline, resolve_source
+    from lookalike.models.source import load_pipeline, resolve_source
 
     pipe = load_pipeline(resolve_source(str(twin_dir)), torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -60,7 +60,7 @@ def exported(request, twin_dir, tmp_path_factory, one_thread):
     """`seed`: the default targets (single blocks' linear1 with proj_mlp untouched); `all-linear` adds
     MLPs, modulation and the global proj_out (kohya final_layer_linear, alpha folded on export)."""
     folder = tmp_path_factory.mktemp(f"lora-{request.param}")
-    return trained_like_lora(twin_dir, TARGET_PRESETS[request.param], folder, seed=1)
+    return trained_like_lora(twin_dir, FLUX1.targets(request.param), folder, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ def test_toy_model_loads_through_the_flux_loader():
     import torch
     from diffusers import FluxPipeline
 
-    from lookalike.models.flux import load_pipeline, resolve_source
+    from lookalike.models.source import load_pipeline, resolve_source
 
     source = resolve_source("lookalike:toy")
     assert source.kind == "folder" and source.ref == str(TOY_FOLDER)

@@ -5,15 +5,13 @@ import math
 import pytest
 import torch
 
+from lookalike.models.flux1 import latent_image_ids, pack_latents, unpack_latents
 from lookalike.train.flow_matching import (
     flow_matching_loss,
-    latent_image_ids,
     loss_weights,
     noisy_latents,
-    pack_latents,
     sample_sigmas,
     shift_sigmas,
-    unpack_latents,
     velocity_target,
 )
 

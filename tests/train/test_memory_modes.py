@@ -82,7 +82,7 @@ def _train(twin_dir, mode: str, steps: int = 4):
     """LoRA training on the twin's transformer in `mode`, with fixed data and noise.
 
     Returns (transformer, MemoryReport, the untrained velocity prediction, the per-step losses)."""
-    from lookalike.models.flux import load_transformer, resolve_source
+    from lookalike.models.source import load_transformer, resolve_source
 
     transformer = load_transformer(resolve_source(str(twin_dir)), torch.float32)
     report = apply_memory_mode(transformer, mode)
@@ -91,8 +91,8 @@ def _train(twin_dir, mode: str, steps: int = 4):
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-2)
     g = torch.Generator().manual_seed(0)
-    batch = Batch(torch.randn(2, 16, 8, 8, generator=g), torch.randn(2, 16, 32, generator=g),
-                  torch.randn(2, 32, generator=g))
+    batch = Batch(torch.randn(2, 16, 8, 8, generator=g),
+                  {"t5": torch.randn(2, 16, 32, generator=g), "pooled": torch.randn(2, 32, generator=g)})
     with torch.no_grad():  # the untrained model's velocity at fixed noise levels: [2, 16, 8, 8]
         noisy = torch.randn(2, 16, 8, 8, generator=g)
         first = predict_velocity(transformer, noisy, torch.tensor([0.3, 0.8]), batch, 1.0)
@@ -137,7 +137,7 @@ def test_low_modes_train_the_fp32_lora_to_the_same_losses(twin_dir, fp32_run, mo
 
 
 def test_balanced_mode_changes_nothing(twin_dir):
-    from lookalike.models.flux import load_transformer, resolve_source
+    from lookalike.models.source import load_transformer, resolve_source
 
     transformer = load_transformer(resolve_source(str(twin_dir)), torch.float32)
     before = weight_bytes(transformer)

@@ -9,7 +9,7 @@ import torch
 from helpers import make_photos, run_cli
 from lookalike.data.cache import load_cache
 from lookalike.rundir import RunDir
-from lookalike.train.flow_matching import unpack_latents
+from lookalike.models.flux1 import unpack_latents
 
 STEPS = 200
 
@@ -20,7 +20,7 @@ def _latent_mse(pipe, item, seed: int) -> float:
     Compared in latent space: the twin's VAE decoder has random weights, so its pixels say little
     about how close the denoised latent came to the photo's.
     """
-    out = pipe(prompt_embeds=item.t5[None], pooled_prompt_embeds=item.pooled[None], num_inference_steps=20,
+    out = pipe(prompt_embeds=item.cond["t5"][None], pooled_prompt_embeds=item.cond["pooled"][None], num_inference_steps=20,
                guidance_scale=1.0, width=64, height=64, generator=torch.Generator().manual_seed(seed),
                output_type="latent").images
     return float(((unpack_latents(out, 8, 8)[0] - item.latent) ** 2).mean())

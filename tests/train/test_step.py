@@ -15,7 +15,7 @@ def _batch(pipe, n=4, size=64, seed=0):
         raw = pipe.vae.encode(images).latent_dist.sample(generator=g)
         latents = (raw - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
         t5, pooled, _ = pipe.encode_prompt([f"Arthur in photo {i}" for i in range(n)], None, max_sequence_length=32)
-    return Batch(latents, t5, pooled)
+    return Batch(latents, {"t5": t5, "pooled": pooled})
 
 
 def test_predict_velocity_matches_the_pipeline_transformer_call(twin_pipe):
@@ -30,7 +30,7 @@ def test_predict_velocity_matches_the_pipeline_transformer_call(twin_pipe):
     with torch.no_grad():
         theirs = twin_pipe.transformer(
             hidden_states=FluxPipeline._pack_latents(z, 2, 16, h, w), timestep=sigma, guidance=torch.full((2,), 3.5),
-            pooled_projections=batch.pooled, encoder_hidden_states=batch.t5, txt_ids=torch.zeros(32, 3),
+            pooled_projections=batch.cond["pooled"], encoder_hidden_states=batch.cond["t5"], txt_ids=torch.zeros(32, 3),
             img_ids=FluxPipeline._prepare_latent_image_ids(2, h // 2, w // 2, "cpu", torch.float32),
             return_dict=False)[0]
     assert torch.allclose(ours, FluxPipeline._unpack_latents(theirs, h * 8, w * 8, 8), atol=1e-6)
@@ -67,7 +67,7 @@ def test_lora_training_lowers_the_fixed_noise_loss(twin_dir, twin_pipe):
 def test_gradient_checkpointing_gives_the_same_lora_gradients(twin_dir):
     """Checkpointing recomputes activations; with a frozen base and inputs that need no grad it must
     still reach the LoRA weights (a reentrant checkpoint would silently give them no gradient)."""
-    from lookalike.models.flux import load_transformer, resolve_source
+    from lookalike.models.source import load_transformer, resolve_source
 
     train = TrainConfig()
     grads = []
@@ -78,8 +78,8 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(twin_dir):
         add_lora(transformer, 4, 2.0, ["to_q", "to_k", "to_v", "to_out.0"], seed=0)
         transformer.train()
         g = torch.Generator().manual_seed(0)
-        batch = Batch(torch.randn(2, 16, 8, 8, generator=g), torch.randn(2, 32, 32, generator=g),
-                      torch.randn(2, 32, generator=g))
+        batch = Batch(torch.randn(2, 16, 8, 8, generator=g),
+                      {"t5": torch.randn(2, 32, 32, generator=g), "pooled": torch.randn(2, 32, generator=g)})
         loss, _ = training_loss(transformer, batch, train, torch.Generator().manual_seed(1))
         loss.backward()
         grads.append([p.grad for p in transformer.parameters() if p.requires_grad])
@@ -91,7 +91,7 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(twin_dir):
 
 def _lora_twin(twin_dir, scale=0.0):
     """The twin's transformer with a LoRA; `scale` > 0 gives B random values so the LoRA changes the output."""
-    from lookalike.models.flux import load_transformer, resolve_source
+    from lookalike.models.source import load_transformer, resolve_source
 
     transformer = load_transformer(resolve_source(str(twin_dir)), torch.float32)
     add_lora(transformer, 4, 4.0, ["to_q", "to_k", "to_v", "to_out.0"], seed=0)
@@ -128,7 +128,7 @@ def test_prior_items_are_trained_towards_the_base_models_own_prediction(twin_dir
     off, so a LoRA that changes nothing has zero loss there, and one that changes the output is pulled back."""
     batch = _batch(twin_pipe, n=2)
     train = TrainConfig()
-    prior = Batch(batch.latents, batch.t5, batch.pooled, prior=torch.tensor([True, True]))
+    prior = Batch(batch.latents, batch.cond, prior=torch.tensor([True, True]))
     untouched = _lora_twin(twin_dir)
     loss, _ = training_loss(untouched, prior, train, torch.Generator().manual_seed(1))
     assert loss.item() < 1e-10
@@ -159,7 +159,7 @@ def test_a_mixed_batch_weights_prior_items_by_grounding_weight(twin_dir, twin_pi
     """Item 0 is the person's photo (target ε - z), item 1 a grounding photo (target: the base model)."""
     batch = _batch(twin_pipe, n=2)
     transformer = _lora_twin(twin_dir, scale=0.5)
-    mixed = Batch(batch.latents, batch.t5, batch.pooled, prior=torch.tensor([False, True]))
+    mixed = Batch(batch.latents, batch.cond, prior=torch.tensor([False, True]))
     _, plain, towards_base, _ = _by_hand(transformer, batch, TrainConfig(), seed=2)
     for weight in (1.0, 3.0):
         loss, _ = training_loss(transformer, mixed, TrainConfig(grounding_weight=weight), torch.Generator().manual_seed(2))
@@ -182,7 +182,7 @@ def test_fixed_noise_loss_is_the_mean_over_items_and_sigmas_however_it_is_chunke
     with torch.no_grad():
         for r in range(6):
             i, s = divmod(r, 3)
-            one = Batch(batch.latents[i:i + 1], batch.t5[i:i + 1], batch.pooled[i:i + 1])
+            one = batch.rows(slice(i, i + 1))
             sigma = sigmas[s:s + 1]
             pred = predict_velocity(transformer, noisy_latents(one.latents, noise[r:r + 1], sigma), sigma, one, 3.5)
             losses.append(flow_matching_loss(pred, velocity_target(one.latents, noise[r:r + 1]), torch.ones(1)))

@@ -58,31 +58,19 @@ Seed = Annotated[int, Strict(), Ge(0)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 Device = Annotated[str, AfterValidator(_check_device)]
 
-# Named LoRA target sets, because the anchors disagree on which layers to adapt. Module names are
-# matched by peft as suffixes of FluxTransformer2DModel's module paths.
-TARGET_PRESETS: dict[str, list[str]] = {
-    # the write-up: image-stream attention in double blocks, q/k/v in single blocks
-    "seed": ["to_q", "to_k", "to_v", "to_out.0"],
-    # attention on both streams (adds the text stream's projections)
-    "attention": ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"],
-    # every linear layer of the blocks: attention, MLPs and modulation
-    "all-linear": [
-        "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-        "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out",
-        "norm1.linear", "norm1_context.linear", "norm.linear",
-    ],
-}
-
-
-def _check_targets(value: str | list[str]) -> list[str]:
-    """A preset name expands to its module list; a list must be non-empty with no blank names."""
+def _check_targets(value: str | list[str]) -> str | list[str]:
+    """A target set name (`seed`, `attention`, ...) is kept as a name: each model family says which modules
+    it means (`lookalike.models.<family>`), and the family is known only once the model is. A list must be
+    non-empty with no blank names."""
     if isinstance(value, str):
-        if value not in TARGET_PRESETS:
+        from lookalike.models.family import target_set_names
+
+        if value not in target_set_names():
             raise PydanticCustomError(
-                _OUR_ERROR, "is neither a list of module names nor a preset; presets: {names}",
-                {"names": ", ".join(TARGET_PRESETS)},
+                _OUR_ERROR, "is neither a list of module names nor a target set; target sets: {names}",
+                {"names": ", ".join(target_set_names())},
             )
-        return list(TARGET_PRESETS[value])
+        return value
     if not value or any(not v.strip() for v in value):
         raise PydanticCustomError(_OUR_ERROR, "must name at least one module, e.g. [to_q, to_k, to_v, to_out.0]")
     return value
@@ -165,8 +153,9 @@ class LoraConfig(_Section):
     rank: Int = Field(32, gt=0, description="LoRA rank: width of the low-rank update")
     alpha: Float = Field(16.0, gt=0, description="LoRA alpha: the update is scaled by alpha / rank")
     targets: Targets = Field(
-        TARGET_PRESETS["seed"],
-        description="layers that get a LoRA: a list of module names, or a preset: seed, attention, all-linear",
+        ["to_q", "to_k", "to_v", "to_out.0"],  # the write-up's (FLUX.1-dev): the `seed` set of FLUX.1
+        description="layers that get a LoRA: a list of module names, or a target set of the model's family: "
+        "seed (the write-up's), attention, all-linear",
     )
 
 
@@ -185,7 +174,8 @@ class TrainConfig(_Section):
         "low = int8 weight-only (about half the weight memory); lowest = 4-bit NF4 (about a quarter). The LoRA "
         "stays fp32 either way; measured costs in BENCHMARKS.md",
     )
-    guidance: Float = Field(1.0, description="value fed to FLUX's guidance embedder during training")
+    guidance: Float = Field(1.0, description="value fed to the guidance embedding during training (guidance-distilled "
+                           "models: FLUX.1, FLUX.2 [dev]; unused by FLUX.2 [klein])")
     density: Literal["logit_normal", "uniform", "mode"] = Field(
         "logit_normal", description="distribution of the noise level sigma: logit_normal, uniform or mode"
     )
@@ -302,7 +292,8 @@ class GenerateConfig(_Section):
     """generate: the sampler settings for previews, the generate command and evaluation."""
 
     steps: Int = Field(28, ge=1, description="denoising steps")
-    guidance: Float = Field(3.5, ge=0, description="distilled guidance scale fed to FLUX.1-dev")
+    guidance: Float = Field(3.5, ge=0, description="guidance when drawing: the value fed to the guidance embedding "
+                           "(FLUX.1, FLUX.2 [dev]) or the classifier-free guidance scale (FLUX.2 [klein])")
     width: Side = Field(1024, description="image width in pixels; a multiple of 16")
     height: Side = Field(1024, description="image height in pixels; a multiple of 16")
     seeds: list[Seed] = Field([0], min_length=1, description="one image per seed")

@@ -1,13 +1,19 @@
-"""The cache stage: encode every photo and caption once, so training never runs the VAE or T5.
+"""The cache stage: encode every photo and caption once, so training never runs the VAE or text encoders.
 
-    RUN/cache/latents/<key>.safetensors   latent [C, h, w], z = (z_vae - shift)·scale
-    RUN/cache/text/<key>.safetensors      t5 [L, D_t5], pooled [D_clip]
-    RUN/cache/index.json                  which photo, caption, size and keys make up the training set
+    RUN/cache/latents/<key>.safetensors   latent [C, h, w], normalised by the model family's VAE hook
+    RUN/cache/text/<key>.safetensors      the family's text conditioning of one caption, batch dim removed
+                                          (FLUX.1: t5 [L, D_t5], pooled [D_clip])
+    RUN/cache/index.json                  which photo, caption, size and keys make up the training set,
+                                          and the model family that wrote it
 
 A latent's key hashes the image bytes, the crop and size, the model and the dtype; a text key hashes
 the caption, the model, the dtype and the token count. Re-running encodes only the keys whose file
 is missing: change one caption and exactly one text is encoded again. The empty caption (for caption
 dropout) and the preview prompts are cached the same way. The encoders are freed afterwards.
+
+An index written before model families existed has no `family` entry: only FLUX.1 was trained then,
+so it is read as FLUX.1's (its text files hold exactly what FLUX.1's conditioning holds). An index of
+another family than the model's is refused, naming the command that re-makes it.
 """
 
 from __future__ import annotations
@@ -89,7 +95,8 @@ class CacheReport:
     reused: int
 
 
-def _plan(cfg, photos: list[Photo], model: str, dtype: str, grounding: int = 0, leave_out: str = LEAVE_OUT) -> dict:
+def _plan(cfg, photos: list[Photo], model: str, dtype: str, grounding: int = 0, leave_out: str = LEAVE_OUT,
+          family: str = "flux1") -> dict:
     """The index to write: one entry per photo, plus the empty caption and the preview prompts.
 
     The last `grounding` photos are grounding photos (other people): never held out, marked in the index.
@@ -107,7 +114,7 @@ def _plan(cfg, photos: list[Photo], model: str, dtype: str, grounding: int = 0, 
         })
     prompts = preview_prompts(cfg)
     return {
-        "version": CACHE_VERSION, "model": model, "dtype": dtype, "max_sequence_length": msl,
+        "version": CACHE_VERSION, "family": family, "model": model, "dtype": dtype, "max_sequence_length": msl,
         "items": items,
         "empty": text_key("", model, dtype, msl),
         "prompts": [{"prompt": p, "text": text_key(p, model, dtype, cfg.generate.max_sequence_length)} for p in prompts],
@@ -124,23 +131,26 @@ def _save(tensors: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def encode_latent(vae, image, device, dtype) -> "torch.Tensor":  # noqa: F821
-    """A PIL image at its training size -> normalised latent [C, h, w]: z = (mode(E(x)) - shift)·scale.
+def encode_latent(vae, image, device, dtype, family=None) -> "torch.Tensor":  # noqa: F821
+    """A PIL image at its training size -> normalised latent [C, h, w], by the family's VAE hook
+    (FLUX.1: z = (mode(E(x)) - shift)·scale). `family` defaults to the VAE's pipeline family, FLUX.1.
 
     Pixels go to [-1, 1]; the distribution's mode (its mean) is kept, so the cache is deterministic.
     """
     import numpy as np
     import torch
 
+    from lookalike.models.family import family as get
+
+    family = family or get("flux1")
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
     with torch.no_grad():
-        z = vae.encode(x.to(device, dtype)).latent_dist.mode()
-    return ((z - vae.config.shift_factor) * vae.config.scaling_factor)[0]
+        return family.encode_latents(vae, x.to(device, dtype))[0]
 
 
 def build_cache(cfg, run: RunDir) -> CacheReport:
     """Encode what is not cached yet; write the index and the manifest. Loads no model if nothing changed."""
-    from lookalike.models.flux import model_source, source_identity
+    from lookalike.models.source import model_source, source_family, source_identity
     from lookalike.runtime import training_runtime
 
     from lookalike.data.selection import current_selection, leave_out_hint
@@ -156,7 +166,9 @@ def build_cache(cfg, run: RunDir) -> CacheReport:
     source = model_source(cfg.model)
     runtime = training_runtime(cfg)
     dtype_name = str(runtime.dtype).removeprefix("torch.")
-    index = _plan(cfg, photos, source_identity(source), dtype_name, grounding=len(grounding), leave_out=hint)
+    family = source_family(source)
+    index = _plan(cfg, photos, source_identity(source), dtype_name, grounding=len(grounding), leave_out=hint,
+                  family=family.name)
     ensure_writable(run.root, "the run folder", "choose a run folder you can write to")
     folder = run.stage(STAGE)
     texts = {it["text"]: it["caption"] for it in index["items"]}
@@ -166,7 +178,7 @@ def build_cache(cfg, run: RunDir) -> CacheReport:
     todo_texts = {k: v for k, v in texts.items() if not (folder / "text" / f"{k}.safetensors").exists()}
     todo_prompts = {k: v for k, v in prompt_texts.items() if not (folder / "text" / f"{k}.safetensors").exists()}
     if todo_latents or todo_texts or todo_prompts:
-        _encode(cfg, source, runtime, folder, todo_latents, todo_texts, todo_prompts, hint)
+        _encode(cfg, source, family, runtime, folder, todo_latents, todo_texts, todo_prompts, hint)
     write_json_atomic(run.cache_index, index)
     n_texts = len(todo_texts) + len(todo_prompts)
     report = CacheReport(folder, len(index["items"]), len(todo_latents), n_texts,
@@ -180,25 +192,27 @@ def build_cache(cfg, run: RunDir) -> CacheReport:
     return report
 
 
-def _encode(cfg, source, runtime, folder: Path, latents: dict, texts: dict, prompts: dict, leave_out: str) -> None:
+def _encode(cfg, source, family, runtime, folder: Path, latents: dict, texts: dict, prompts: dict,
+            leave_out: str) -> None:
     """Load the VAE and text encoders (not the transformer), encode, then free them."""
     import torch
 
     from lookalike.generate import encode_prompts
-    from lookalike.models.flux import load_pipeline
+    from lookalike.models.source import load_pipeline
 
     pipe = load_pipeline(source, runtime.dtype, with_transformer=False)
     pipe.vae.to(runtime.device)
     for key, item in latents.items():
         image = fit(load_rgb(Path(item["photo"]), leave_out), tuple(item["size"]))
-        _save({"latent": encode_latent(pipe.vae, image, runtime.device, runtime.dtype)},
+        _save({"latent": encode_latent(pipe.vae, image, runtime.device, runtime.dtype, family)},
               folder / "latents" / f"{key}.safetensors")
     pipe.vae.to("cpu")
-    for name in ("text_encoder", "text_encoder_2"):
-        getattr(pipe, name).to(runtime.device)
+    for name in family.text_parts:
+        if hasattr(getattr(pipe, name), "to"):
+            getattr(pipe, name).to(runtime.device)
     for group, msl in ((texts, cfg.dataset.max_sequence_length), (prompts, cfg.generate.max_sequence_length)):
         for key, emb in zip(group, encode_prompts(pipe, list(group.values()), msl, runtime.device)):
-            _save({"t5": emb.t5[0], "pooled": emb.pooled[0]}, folder / "text" / f"{key}.safetensors")
+            _save({k: v[0] for k, v in emb.cond.items()}, folder / "text" / f"{key}.safetensors")
     del pipe
     gc.collect()
     if torch.cuda.is_available():
@@ -210,13 +224,13 @@ def _encode(cfg, source, runtime, folder: Path, latents: dict, texts: dict, prom
 
 @dataclass
 class Cached:
-    """One cached training example. latent: [C, h, w]; t5: [L, D_t5]; pooled: [D_clip]."""
+    """One cached training example. latent: [C, h, w]; cond: the family's conditioning of its caption,
+    {name: [...]} without a batch dimension."""
 
     photo: str
     caption: str
     latent: "torch.Tensor"  # noqa: F821
-    t5: "torch.Tensor"  # noqa: F821
-    pooled: "torch.Tensor"  # noqa: F821
+    cond: dict
     grounding: bool = False  # a photo of other people (dataset.grounding), not of the person
 
 
@@ -226,13 +240,15 @@ class CachedSet:
 
     train: list[Cached]
     holdout: list[Cached]
-    empty: tuple  # (t5 [L, D_t5], pooled [D_clip])
-    prompts: list  # PromptEmbedding, t5 [1, L, D], pooled [1, D]
+    empty: dict  # the empty caption's conditioning, {name: [...]}
+    prompts: list  # PromptEmbedding, cond {name: [1, ...]}
     dtype: str
+    family: str = "flux1"
 
 
-def load_cache(run: RunDir) -> CachedSet:
-    """Read RUN/cache into memory (a few MB per photo at 1024²). Raises ConfigError if it is missing."""
+def load_cache(run: RunDir, family: str | None = None) -> CachedSet:
+    """Read RUN/cache into memory (a few MB per photo at 1024²). Raises ConfigError if it is missing, or
+    if it was written for another model family than `family` (when given)."""
     from safetensors.torch import load_file
 
     from lookalike.generate import PromptEmbedding
@@ -241,25 +257,26 @@ def load_cache(run: RunDir) -> CachedSet:
     if not run.cache_index.exists():
         raise ConfigError(f"{run.cache_index} does not exist: run `lookalike cache {run.root}` first")
     index = json.loads(run.cache_index.read_text())
+    written = index.get("family", "flux1")  # indexes from before model families: FLUX.1 was the only one
+    if family is not None and written != family:
+        raise ConfigError(f"{run.cache_index} was written for a {written} model, but model.source is a {family} "
+                          f"model; run `lookalike cache {run.root}` to encode the photos for it")
 
     def text(key):
-        t = load_file(str(folder / "text" / f"{key}.safetensors"))
-        return t["t5"], t["pooled"]
+        return load_file(str(folder / "text" / f"{key}.safetensors"))
 
     def item(it):
-        t5, pooled = text(it["text"])
         latent = load_file(str(folder / "latents" / f"{it['latent']}.safetensors"))["latent"]
-        return Cached(it["photo"], it["caption"], latent, t5, pooled, bool(it.get("grounding", False)))
+        return Cached(it["photo"], it["caption"], latent, text(it["text"]), bool(it.get("grounding", False)))
 
     items = index["items"]
-    prompts = []
-    for p in index["prompts"]:
-        t5, pooled = text(p["text"])
-        prompts.append(PromptEmbedding(p["prompt"], t5[None], pooled[None]))
+    prompts = [PromptEmbedding(p["prompt"], {k: v[None] for k, v in text(p["text"]).items()})
+               for p in index["prompts"]]
     return CachedSet(
         train=[item(it) for it in items if not it["holdout"]],
         holdout=[item(it) for it in items if it["holdout"]],
         empty=text(index["empty"]),
         prompts=prompts,
         dtype=index["dtype"],
+        family=written,
     )

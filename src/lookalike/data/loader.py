@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lookalike.models.family import cond_stack
+
 
 def epoch_batches(sizes: list[tuple[int, int]], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """One epoch's batches of item indices: same-size items together, shuffled by (seed, epoch).
@@ -83,9 +85,9 @@ def rank_batches(batches: list[list[int]], rank: int, world_size: int, count: in
 class BatchStream(torch.utils.data.IterableDataset):
     """An endless stream of batch dicts starting at micro-batch `start`; the trainer stops at max_steps.
 
-    Each dict: latents [B, C, h, w], t5 [B, L, D_t5], pooled [B, D_clip], grounding [B] bool (photos of
-    other people), index (micro-batch number), epoch. With probability `caption_dropout` an item's text
-    is replaced by the cached empty caption.
+    Each dict: latents [B, C, h, w], cond (the family's text conditioning, {name: [B, ...]}), grounding
+    [B] bool (photos of other people), index (micro-batch number), epoch. With probability
+    `caption_dropout` an item's text is replaced by the cached empty caption.
     """
 
     def __init__(self, items, empty, plan: Plan, batch_size: int, seed: int, rank: int = 0,
@@ -108,12 +110,10 @@ class BatchStream(torch.utils.data.IterableDataset):
         epoch, j = divmod(m, self.plan.micro_batches_per_epoch)
         idx = self._rank_batches(epoch)[j]
         drop = random.Random(f"{self.seed}:dropout:{self.rank}:{m}")
-        texts = [self.empty if drop.random() < self.caption_dropout else (self.items[i].t5, self.items[i].pooled)
-                 for i in idx]
+        texts = [self.empty if drop.random() < self.caption_dropout else self.items[i].cond for i in idx]
         return {
             "latents": torch.stack([self.items[i].latent for i in idx]).float(),
-            "t5": torch.stack([t for t, _ in texts]),
-            "pooled": torch.stack([p for _, p in texts]),
+            "cond": cond_stack(texts),
             "grounding": torch.tensor([self.items[i].grounding for i in idx], dtype=torch.bool),
             "index": torch.tensor(m),
             "epoch": torch.tensor(epoch),

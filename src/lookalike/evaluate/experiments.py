@@ -50,10 +50,10 @@ def empty_prompt(cfg, run, judge, step: int | None = None, seeds: int | None = N
     ck = choose_checkpoint(run, step)
     suite = EvalSuite((("empty", ("",)),), tuple(range(seeds or cfg.eval.empty_seeds)))
     started = time.time()
-    pipe, settings, embeddings = load_for_eval(cfg, [""])
+    ready = load_for_eval(cfg, [""])
     folder = run.stage(STAGE) / "empty"
-    base = draw(pipe, embeddings, suite, settings, judge)
-    tuned = with_lora(pipe, ck.path, lambda: draw(pipe, embeddings, suite, settings, judge))
+    base = draw(ready, suite, judge)
+    tuned = with_lora(ready, ck.path, lambda: draw(ready, suite, judge))
     for name, drawn in (("base", base), ("lora", tuned)):
         _save_images(drawn.images["empty"], folder / name)
         grid(drawn.images["empty"], min(8, len(suite.seeds))).save(folder / f"{name}-grid.png")
@@ -105,8 +105,8 @@ def replay_captions(cfg, run, judge, step: int | None = None) -> dict:
     captions = [c for _, c in photos]
     suite = EvalSuite((("replay", tuple(captions)),), (cfg.eval.replay_seed,))
     started = time.time()
-    pipe, settings, embeddings = load_for_eval(cfg, suite.texts)
-    tuned = with_lora(pipe, ck.path, lambda: draw(pipe, embeddings, suite, settings, judge))
+    ready = load_for_eval(cfg, suite.texts)
+    tuned = with_lora(ready, ck.path, lambda: draw(ready, suite, judge))
     regenerated = tuned.images["replay"]
     originals = [load_rgb(p) for p, _ in photos]
     folder = run.stage(STAGE) / "replay"

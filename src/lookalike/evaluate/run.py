@@ -71,14 +71,15 @@ class Drawn:
     readings: dict
 
 
-def draw(pipe, embeddings: dict, suite, settings, judge, folder: Path | None = None, on_image=None) -> Drawn:
-    """Draw every group of `suite` with the one sampler; write PNGs and a grid per group under `folder`."""
-    from lookalike.generate import contact_sheet, sample, save_sample
+def draw(ready, suite, judge, folder: Path | None = None, on_image=None) -> Drawn:
+    """Draw every group of `suite` with the one sampler (`ready`: a `Prepared` pipeline); write PNGs and a grid
+    per group under `folder`."""
+    from lookalike.generate import contact_sheet, save_sample
 
     images, readings = {}, {}
     for group, prompts in suite.groups:
         samples = []
-        for s in sample(pipe, [embeddings[p] for p in prompts], suite.seeds, settings):
+        for s in ready.draw(prompts, suite.seeds):
             samples.append(s)
             if on_image:
                 on_image(s)
@@ -93,32 +94,27 @@ def draw(pipe, embeddings: dict, suite, settings, judge, folder: Path | None = N
 
 
 def load_for_eval(cfg, texts: list[str]):
-    """(pipeline on its device, sampler settings, {prompt: embedding}): the model loaded once, text encoded
-    once and the text encoders dropped (FLUX.1's T5 alone is ~9.5 GB)."""
-    from lookalike.generate import encode_then_drop_text_encoders, settings_from_config
-    from lookalike.models.flux import load_pipeline, model_source
+    """The model loaded once, `texts` encoded once and the text encoders dropped (FLUX.1's T5 alone is
+    ~9.5 GB): a `Prepared` pipeline on its device."""
+    from lookalike.generate import prepare_pipeline, settings_from_config
+    from lookalike.models.source import model_source
     from lookalike.runtime import decide_runtime
 
     runtime = decide_runtime(cfg.runtime.device, cfg.runtime.dtype)
     log.info("evaluating on %s (%s)", runtime.device, runtime.reason)
-    pipe = load_pipeline(model_source(cfg.model), runtime.dtype)
-    pipe.set_progress_bar_config(disable=True)
-    settings = settings_from_config(cfg.generate)
-    embeddings = encode_then_drop_text_encoders(pipe, texts, settings.max_sequence_length, runtime.device)
-    pipe.to(runtime.device)
-    return pipe, settings, {e.prompt: e for e in embeddings}
+    return prepare_pipeline(model_source(cfg.model), runtime, texts, settings_from_config(cfg.generate))
 
 
-def with_lora(pipe, path: Path, draw_fn):
+def with_lora(ready, path: Path, draw_fn):
     """Run `draw_fn()` with the LoRA at `path` loaded at weight 1, then unload it (the base is untouched)."""
     from lookalike.config import LoraSpec
     from lookalike.models.lora import apply_loras
 
-    apply_loras(pipe, [LoraSpec(path=str(path))])
+    apply_loras(ready.pipe, [LoraSpec(path=str(path))])
     try:
         return draw_fn()
     finally:
-        pipe.unload_lora_weights()
+        ready.pipe.unload_lora_weights()
 
 
 def checkpoint_row(ck: Checkpoint, judge, base: Drawn, tuned: Drawn) -> dict:
@@ -139,13 +135,13 @@ def evaluate_run(cfg, run, steps: list[int] | None = None, judge=None, on_image=
     judge = judge or make_judge(cfg, run)
     suite = judge.suite
     started = time.time()
-    pipe, settings, embeddings = load_for_eval(cfg, suite.texts)
+    ready = load_for_eval(cfg, suite.texts)
+    settings = ready.settings
     folder = run.stage(STAGE)  # = run.eval_metrics.parent
-    base = draw(pipe, embeddings, suite, settings, judge, folder / "base", on_image)
+    base = draw(ready, suite, judge, folder / "base", on_image)
     rows = []
     for ck in checkpoints:
-        tuned = with_lora(pipe, ck.path, lambda: draw(pipe, embeddings, suite, settings, judge, folder / ck.name,
-                                                      on_image))
+        tuned = with_lora(ready, ck.path, lambda: draw(ready, suite, judge, folder / ck.name, on_image))
         rows.append(checkpoint_row(ck, judge, base, tuned))
         log.info("%s: %s", ck.name, ", ".join(f"{k} {_num(v)}" for k, v in rows[-1]["scores"].items()))
     rows = merge_rows(run.eval_metrics, rows, suite.fingerprint())

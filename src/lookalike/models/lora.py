@@ -1,12 +1,20 @@
-"""Applying zero, one or several LoRA files to a FluxPipeline, each with its own weight.
+"""Applying zero, one or several LoRA files to a pipeline, each with its own weight.
 
 Files are checked before diffusers sees them, so a wrong file gets a message that names it and
 says what it is instead: not a LoRA, a LoRA for another model family, or shapes for another size.
 kohya/sd-scripts FLUX.1 files (every key `lora_unet_<BFL module>.{lora_down.weight, lora_up.weight,
 alpha}`, what `lookalike train` writes as `lora-kohya.safetensors`) convert through our own key table,
-`flux_keys.lora_from_kohya`, which reads every width from the loaded model. Every other format
-(diffusers/PEFT, ComfyUI, XLabs, ...) is diffusers' own `FluxPipeline.lora_state_dict`. Either way the
-result is validated against the loaded model before anything is loaded.
+`flux_keys.lora_from_kohya`, which reads every width from the loaded model, when the pipeline's
+transformer is FLUX.1's. Every other format (diffusers/PEFT, ComfyUI, XLabs, ...) goes through the
+pipeline class's own `lora_state_dict` (`type(pipe).lora_state_dict`: FluxPipeline's, Flux2's, ...).
+Either way the result is validated against the loaded model before anything is loaded.
+
+lookalike's own diffusers file (`lora.safetensors`) has alpha folded into lora_B and no alpha anywhere
+(see `lookalike.export`), so every loader applies it at scale 1.0. Older lookalike files keep alpha in
+diffusers' `lora_adapter_metadata` header, which diffusers reads only when it opens the file itself:
+such files are handed to `load_lora_weights` by path. A diffusers-keyed file with `<module>.alpha`
+tensors whose pipeline loader leaves the alphas in place (FLUX.2's, diffusers 0.42.1, which then refuses
+the file) has them folded here, as for kohya files.
 """
 
 from __future__ import annotations
@@ -97,6 +105,11 @@ def _module_shapes(root, prefix: str, state: dict, path: Path) -> None:
             )
 
 
+def _is_flux1(pipe) -> bool:
+    """Whether `pipe`'s transformer is FLUX.1's, the model `flux_keys`' table describes."""
+    return type(getattr(pipe, "transformer", None)).__name__ == "FluxTransformer2DModel"
+
+
 def is_kohya_flux(state: dict) -> bool:
     """Whether every key is a kohya FLUX transformer key (`lora_unet_...`), the layout our table reads."""
     from lookalike.models.flux_keys import KOHYA_PREFIX
@@ -129,7 +142,7 @@ def kohya_to_peft(pipe, state: dict, path: Path) -> dict:
 
 
 def _diffusers_state(pipe, state: dict, path: Path) -> dict:
-    """Any other LoRA layout -> diffusers' state dict, through diffusers' own converters."""
+    """Any other LoRA layout -> diffusers' state dict, through the pipeline class's own converters."""
     try:
         converted = type(pipe).lora_state_dict(dict(state))
     except Exception as e:  # diffusers' converters raise assorted errors on foreign layouts
@@ -137,22 +150,39 @@ def _diffusers_state(pipe, state: dict, path: Path) -> dict:
     return converted[0] if isinstance(converted, tuple) else converted
 
 
+def fold_alphas(state: dict, path: Path) -> dict:
+    """`<module>.alpha` tensors left in a diffusers state dict -> alpha / rank folded into each lora_A
+    (r, in), the alpha keys dropped: a dict every loader applies at scale 1.0."""
+    out = {k: v for k, v in state.items() if not k.endswith(".alpha")}
+    for key in [k for k in state if k.endswith(".alpha")]:
+        a_key = key.removesuffix(".alpha") + ".lora_A.weight"
+        if a_key not in out:
+            raise LoraError(f"{str(path)!r} has {key} but no {a_key}: a LoRA alpha without its weights")
+        a = out[a_key]
+        out[a_key] = (a.float() * (float(state[key]) / a.shape[0])).to(a.dtype)
+    return out
+
+
 def prepare_lora(pipe, path: Path) -> dict | str:
     """Check a LoRA file against `pipe`'s modules and shapes; -> what `pipe.load_lora_weights` gets.
 
-    kohya FLUX.1 files give the state dict our table made (alpha folded in). Every other file gives its
-    path: diffusers reads the PEFT config (lora_alpha) that a diffusers-format file keeps in its header
-    only when it opens the file itself. Raises LoraError naming the file and the problem.
+    kohya FLUX.1 files give the state dict our table made (alpha folded in), and so do diffusers-keyed
+    files whose `.alpha` tensors the pipeline's loader would not take. Every other file gives its path:
+    diffusers reads the PEFT config (lora_alpha) that an older lookalike diffusers file keeps in its
+    header only when it opens the file itself. Raises LoraError naming the file and the problem.
     """
     state = read_lora(path)
-    kohya = is_kohya_flux(state)
+    kohya = is_kohya_flux(state) and _is_flux1(pipe)
     converted = kohya_to_peft(pipe, state, path) if kohya else _diffusers_state(pipe, state, path)
+    folded = not kohya and any(k.endswith(".alpha") for k in converted)
+    if folded:
+        converted = fold_alphas(converted, path)
     if not any(k.startswith(("transformer.", "text_encoder.")) for k in converted):
         raise LoraError(f"{str(path)!r} has no weights for the FLUX transformer or text encoder")
     _module_shapes(pipe.transformer, "transformer", converted, path)
     if getattr(pipe, "text_encoder", None) is not None:
         _module_shapes(pipe.text_encoder, "text_encoder", converted, path)
-    return converted if kohya else str(path)
+    return converted if kohya or folded else str(path)
 
 
 def check_lora(pipe, path: Path) -> None:

@@ -1,11 +1,12 @@
-"""Memory modes: how the frozen FLUX base is stored, and what that costs.
+"""Memory modes: how the frozen base transformer is stored, and what that costs.
 
     balanced  bf16 base weights (23.8 GB for FLUX.1-dev's 11.9B parameters)
     low       8-bit weight-only base: int8 with one scale per output row (~12 GB)
     lowest    4-bit NF4 weight-only base: 64-weight blocks, one scale each (~6.7 GB)
 
-Only the Linear layers inside the 19 double and 38 single blocks are quantised (11.8B of the 11.9B
-parameters); the embedders and the output layer stay in the base dtype. The weights are de-quantised
+Only the Linear layers inside the transformer blocks are quantised (the model family names its block
+lists; FLUX.1-dev's 19 double and 38 single blocks hold 11.8B of its 11.9B parameters); the embedders
+and the output layer stay in the base dtype. The weights are de-quantised
 to the activations' dtype one layer at a time, inside the matmul, and the backward pass de-quantises
 again rather than keeping the full-precision copy: the saving holds with and without checkpointing.
 
@@ -35,7 +36,6 @@ MEMORY_MODES: dict[str, str] = {
     "low": "int8 weight-only base, one scale per output row (about half the weight memory)",
     "lowest": "NF4 4-bit weight-only base, one scale per 64 weights (about a quarter)",
 }
-BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
 NF4_BLOCK = 64
 
 
@@ -173,13 +173,19 @@ class MemoryReport:
 
 
 def block_linears(transformer: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
-    """(parent, attribute, Linear) for every Linear inside the transformer blocks, LoRA parts excluded.
+    """(parent, attribute, Linear) for every Linear inside the transformer blocks its family names, LoRA
+    parts excluded. A block list the family names but the model lacks is an error, never a silent no-op.
 
     A peft-wrapped layer is reached through its `base_layer`.
     """
+    from lookalike.models.family import family_of_module
+
+    family = family_of_module(transformer)
     found = []
-    for list_name in BLOCK_LISTS:
-        for block in getattr(transformer, list_name, []):
+    for list_name in family.block_lists:
+        if not hasattr(transformer, list_name):
+            raise ValueError(f"{family.title}'s block list {list_name!r} is not in this {type(transformer).__name__}")
+        for block in getattr(transformer, list_name):
             for name, module in block.named_modules():
                 if type(module) is nn.Linear and ".lora_" not in f".{name}":
                     parent_name, _, attr = name.rpartition(".")

@@ -66,40 +66,37 @@ class Drawn:
     trigger_readings: list
 
 
-def draw_suite(pipe, embeddings: dict, suite, settings, scorer, folder: Path | None = None) -> Drawn:
+def draw_suite(ready, suite, scorer, folder: Path | None = None) -> Drawn:
     """Draw every suite prompt x seed with the one sampler (through `lookalike eval`'s `draw`), read each
     image with the scorer."""
     from lookalike.evaluate.run import draw
     from lookalike.evaluate.suite import EvalSuite
 
     groups = (("plain", tuple(p.text for p in suite.plain)), ("trigger", tuple(p.text for p in suite.trigger)))
-    d = draw(pipe, embeddings, EvalSuite(groups, tuple(suite.seeds)), settings, scorer, folder)
+    d = draw(ready, EvalSuite(groups, tuple(suite.seeds)), scorer, folder)
     return Drawn(d.images["plain"], d.images["trigger"], d.readings["plain"], d.readings["trigger"])
 
 
 def evaluate_lora(cfg, lora_path: Path | None, suite, folder: Path | None = None, scorer=None) -> dict:
     """Base model and base + LoRA on the same suite and seeds: the metrics of both and preservation."""
     from lookalike.config import LoraSpec
-    from lookalike.generate import encode_prompts, settings_from_config
-    from lookalike.models.flux import load_pipeline, model_source
+    from lookalike.generate import prepare_pipeline, settings_from_config
     from lookalike.models.lora import apply_loras
+    from lookalike.models.source import model_source
     from lookalike.runtime import decide_runtime
     from lookalike.toy.metrics import model_metrics, preservation
     from lookalike.toy.scorer import Scorer
 
     scorer = scorer or Scorer.load()
     runtime = decide_runtime(cfg.runtime.device, cfg.runtime.dtype)
-    pipe = load_pipeline(model_source(cfg.model), runtime.dtype)
-    pipe.set_progress_bar_config(disable=True)
-    settings = settings_from_config(cfg.generate)
     texts = [p.text for p in suite.plain + suite.trigger]
-    embeddings = {e.prompt: e for e in encode_prompts(pipe, texts, settings.max_sequence_length)}
+    ready = prepare_pipeline(model_source(cfg.model), runtime, texts, settings_from_config(cfg.generate))
     started = time.time()
-    base = draw_suite(pipe, embeddings, suite, settings, scorer, folder / "base" if folder else None)
+    base = draw_suite(ready, suite, scorer, folder / "base" if folder else None)
     result = {"base": model_metrics(suite, base.plain_readings, base.trigger_readings)}
     if lora_path is not None:
-        apply_loras(pipe, [LoraSpec(path=str(lora_path))])
-        tuned = draw_suite(pipe, embeddings, suite, settings, scorer, folder / "lora" if folder else None)
+        apply_loras(ready.pipe, [LoraSpec(path=str(lora_path))])
+        tuned = draw_suite(ready, suite, scorer, folder / "lora" if folder else None)
         result["lora"] = model_metrics(suite, tuned.plain_readings, tuned.trigger_readings)
         result["preservation"] = preservation(base.plain_readings, tuned.plain_readings,
                                               base.plain_images, tuned.plain_images)

@@ -1,4 +1,4 @@
-"""The toy FLUX: FLUX.1's diffusers classes at a size a laptop CPU trains in minutes.
+"""The toy FLUX: the FLUX.1 family (`lookalike.models.flux1`) at a size a laptop CPU trains in minutes.
 
     transformer/    FluxTransformer2DModel, 2 double + 4 single blocks, width 128 (~2.4 M parameters),
                     pretrained on toy scenes with lookalike's own flow-matching code
@@ -9,14 +9,12 @@
     tokenizer*/     built in memory, saved with the pipeline
     scheduler/      FlowMatchEulerDiscreteScheduler, fixed shift
 
-It is saved as a FluxPipeline folder and loaded through `lookalike.models.flux` like FLUX.1-dev.
+It is saved as a diffusers folder and loaded through `lookalike.models.source` like FLUX.1-dev.
 The text encoders are never trained: like FLUX's T5, they are frozen, and the transformer learns to
 read what they give it.
 """
 
 from __future__ import annotations
-
-import string
 
 from lookalike.toy.scenes import BACKGROUND_WORDS, HAIR, SHIRTS
 
@@ -44,53 +42,24 @@ def vocabulary() -> list[str]:
 
 def build_tokenizers():
     """CLIP (byte-level characters, the twin's) and T5 (whole words, characters as fallback), in memory."""
-    from transformers import T5Tokenizer
+    from lookalike.models.flux1 import byte_clip_tokenizer, unigram_t5_tokenizer
 
-    from lookalike.models.twin import build_tokenizers as twin_tokenizers
-
-    clip, _ = twin_tokenizers()
-    chars = [c for c in string.printable if not c.isspace()]
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    pieces += [(c, -8.0) for c in chars] + [("\u2581" + c, -7.0) for c in chars]
-    pieces += [("\u2581" + w, -1.0) for w in vocabulary()]
-    t5 = T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
-    return clip, t5
+    return byte_clip_tokenizer(), unigram_t5_tokenizer(vocabulary(), char_score=-8.0, word_score=-1.0)
 
 
 def build_toy(seed: int = TOY_SEED):
-    """The untrained toy FluxPipeline: seeded random weights everywhere, every module in eval mode."""
-    import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    """The untrained toy pipeline: seeded random weights everywhere, every module in eval mode."""
+    from lookalike.models.flux1 import build_pipeline
 
     clip_tok, t5_tok = build_tokenizers()
-    torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=4 * LATENT_CHANNELS, out_channels=None, num_layers=2, num_single_layers=4,
-        attention_head_dim=32, num_attention_heads=4, joint_attention_dim=TEXT_DIM,
-        pooled_projection_dim=TEXT_DIM, guidance_embeds=True, axes_dims_rope=(8, 12, 12),
-    )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8,
-        shift_factor=0.0, scaling_factor=1.0,  # set from the trained VAE's latents
-    )
-    clip = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(clip_tok), hidden_size=TEXT_DIM, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=TEXT_DIM,
-        bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id,
-        pad_token_id=clip_tok.pad_token_id,
-    ))
-    t5 = T5EncoderModel(T5Config(
-        vocab_size=len(t5_tok), d_model=TEXT_DIM, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=16, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
-        dropout_rate=0.0,
-    ))
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
-    for module in (transformer, vae, clip, t5):
-        module.eval()
-    return FluxPipeline(
-        scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tok,
-        text_encoder_2=t5, tokenizer_2=t5_tok, transformer=transformer,
+    return build_pipeline(
+        seed,
+        transformer=dict(in_channels=4 * LATENT_CHANNELS, num_layers=2, num_single_layers=4, attention_head_dim=32,
+                         num_attention_heads=4, axes_dims_rope=(8, 12, 12)),
+        vae=dict(latent_channels=LATENT_CHANNELS, down_block_types=("DownEncoderBlock2D",) * 3,
+                 up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 64), layers_per_block=1,
+                 norm_num_groups=8, shift_factor=0.0, scaling_factor=1.0),  # set from the trained VAE's latents
+        text_dim=TEXT_DIM, text_ff=128, t5_kv=16, t5_buckets=16, t5_dropout=0.0,
+        scheduler=dict(shift=1.0, use_dynamic_shifting=False),
+        clip_tokenizer=clip_tok, t5_tokenizer=t5_tok,
     )

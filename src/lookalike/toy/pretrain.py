@@ -8,7 +8,7 @@
    normalisation (shift_factor, scaling_factor) from the mean and spread of its latents.
 3. Round every part to fp16, the precision it ships in, so what the transformer learns from is
    exactly what users load.
-4. Encode the Arthur-free scenes (latents) and their captions (T5 sequence, CLIP pooled) once.
+4. Encode the Arthur-free scenes (latents) and their captions (the family's text conditioning) once.
 5. Train the transformer with lookalike's flow-matching functions (the ones LoRA training uses):
    logit-normal σ, z_σ = (1-σ)z + σε, target ε - z; 10% empty captions so the empty prompt draws a
    scene; a random guidance value in [1, 4] per step, so the guidance embedder learns to ignore it;
@@ -99,31 +99,32 @@ def encode_images(vae, images, batch: int = 256):
 
 
 def set_latent_normalisation(vae, raw_latents) -> tuple[float, float]:
-    """FLUX's z = (z_vae - shift)·scale with shift = mean and scale = 1 / std of the latents."""
+    """The VAE's z = (z_vae - shift)·scale with shift = mean and scale = 1 / std of the latents."""
     shift = float(raw_latents.mean())
     scale = 1.0 / float(raw_latents.std())
     vae.register_to_config(shift_factor=round(shift, 4), scaling_factor=round(scale, 4))
     return shift, scale
 
 
-def encode_captions(pipe, captions: list[str], max_sequence_length: int, batch: int = 512):
-    """Captions -> (T5 [N, L, D] in fp16 to save memory, CLIP pooled [N, D])."""
+def encode_captions(pipe, captions: list[str], max_sequence_length: int, batch: int = 512) -> dict:
+    """Captions -> the family's conditioning {name: [N, ...]}; sequences ([N, L, D]) in fp16 to save memory."""
     import torch
 
-    t5s, pooled = [], []
+    from lookalike.models.family import cond_cat, family_of_module
+
+    family, parts = family_of_module(pipe), []
     with torch.no_grad():
         for i in range(0, len(captions), batch):
-            t5, pool, _ = pipe.encode_prompt(captions[i:i + batch], prompt_2=None,
-                                             max_sequence_length=max_sequence_length)
-            t5s.append(t5.half())
-            pooled.append(pool)
-    return torch.cat(t5s), torch.cat(pooled)
+            cond = family.encode_text(pipe, captions[i:i + batch], max_sequence_length)
+            parts.append({k: v.half() if v.ndim == 3 else v for k, v in cond.items()})
+    return cond_cat(parts)
 
 
-def train_transformer(transformer, latents, t5, pooled, empty, s: PretrainSettings, progress=None):
+def train_transformer(transformer, latents, cond: dict, empty: dict, s: PretrainSettings, progress=None):
     """Full training of the toy transformer with lookalike's flow-matching functions. Returns the EMA copy.
 
-    latents: [N, C, h, w] normalised; t5: [N, L, D]; pooled: [N, D]; empty: (t5 [1, L, D], pooled [1, D]).
+    latents: [N, C, h, w] normalised; cond: the captions' conditioning {name: [N, ...]}; empty: the empty
+    caption's, {name: [1, ...]}.
     """
     import torch
 
@@ -140,14 +141,15 @@ def train_transformer(transformer, latents, t5, pooled, empty, s: PretrainSettin
         for group in opt.param_groups:  # warm-up, then cosine decay to 20%
             group["lr"] = s.lr * warm * (0.6 + 0.4 * math.cos(math.pi * step / s.steps))
         idx = torch.randint(len(latents), (s.batch,), generator=g)
-        text, pool = t5[idx].float(), pooled[idx].clone()
+        text = {k: v[idx].float() for k, v in cond.items()}
         drop = torch.rand(s.batch, generator=g) < s.empty_share
-        text[drop], pool[drop] = empty[0].float(), empty[1]
+        for k, v in text.items():
+            v[drop] = empty[k].float()
         z = latents[idx]
         sigma = sample_sigmas(s.batch, "logit_normal", generator=g)
         noise = torch.randn(z.shape, generator=g)
         guidance = 1.0 + 3.0 * float(torch.rand(1, generator=g))
-        pred = predict_velocity(transformer, noisy_latents(z, noise, sigma), sigma, Batch(z, text, pool), guidance)
+        pred = predict_velocity(transformer, noisy_latents(z, noise, sigma), sigma, Batch(z, text), guidance)
         loss = flow_matching_loss(pred, velocity_target(z, noise), torch.ones_like(sigma))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -166,8 +168,8 @@ def train_transformer(transformer, latents, t5, pooled, empty, s: PretrainSettin
 
 
 def quiet_text_libraries() -> None:
-    """CLIP keeps 77 characters of a caption (its tokenizer here reads letters): FLUX.1 truncates long prompts
-    for CLIP too, and says so once per prompt, which would flood the log."""
+    """The toy's CLIP keeps 77 characters of a caption (its tokenizer reads letters): its pipeline truncates
+    long prompts and says so once per prompt, which would flood the log."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -206,22 +208,25 @@ def pretrain(out: Path, s: PretrainSettings = PretrainSettings(), progress=None,
         t = time.time()
         vae_loss = train_vae(pipe.vae, torch.cat([images, arthur_images]), s, progress=say)
         vae_seconds = time.time() - t
-        for part in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
+        from lookalike.models.family import family_of_module
+
+        text_modules = [getattr(pipe, n) for n in family_of_module(pipe).text_parts if "encoder" in n]
+        for part in (pipe.vae, *text_modules, pipe.transformer):
             round_to_fp16(part)
         raw = encode_images(pipe.vae, images)
         shift, scale = set_latent_normalisation(pipe.vae, raw)
         say(f"vae trained in {vae_seconds:.0f} s (loss {vae_loss:.5f}); latent shift {shift:.4f} scale {scale:.4f}")
     else:
-        from diffusers import FluxPipeline
+        from lookalike.models.family import family_of_folder
 
-        pipe = FluxPipeline.from_pretrained(start, torch_dtype=torch.float32)
+        pipe = family_of_folder(start).load_class("pipeline").from_pretrained(start, torch_dtype=torch.float32)
         raw = encode_images(pipe.vae, images)
         say(f"continuing from {start}")
     latents = (raw - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
-    t5, pooled = encode_captions(pipe, captions, MAX_TOKENS)
+    cond = encode_captions(pipe, captions, MAX_TOKENS)
     empty = encode_captions(pipe, [""], MAX_TOKENS)
     t = time.time()
-    pipe.transformer = train_transformer(pipe.transformer, latents, t5, pooled, empty, s, progress=say)
+    pipe.transformer = train_transformer(pipe.transformer, latents, cond, empty, s, progress=say)
     transformer_seconds = time.time() - t
     pipe.to(torch.float16)
     out.mkdir(parents=True, exist_ok=True)

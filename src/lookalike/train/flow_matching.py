@@ -1,4 +1,4 @@
-"""Flow matching for FLUX as small pure functions, each with its shapes.
+"""Flow matching as small pure functions, each with its shapes: the same for every model family.
 
 The write-up's maths, in order:
     σ = shift(u),  u ~ p(u)                       sample_sigmas
@@ -6,8 +6,8 @@ The write-up's maths, in order:
     v = ε - z                                     velocity_target
     L = mean_b  w(σ_b) · mean(‖v̂_b - v_b‖²)      flow_matching_loss, with w from loss_weights
 
-plus FLUX's 2x2 patch packing of latents into tokens (pack_latents / unpack_latents) and the
-positional ids of those tokens (latent_image_ids). Lightning only wires these together.
+How a family turns latents into its transformer's tokens (FLUX's 2x2 packing, ...) is the family's
+(`lookalike.models.<family>`). Lightning only wires these together.
 """
 
 from __future__ import annotations
@@ -89,28 +89,3 @@ def flow_matching_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.
     """
     per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
     return (weights.float().to(per_sample.device) * per_sample).mean()
-
-
-def pack_latents(z: torch.Tensor) -> torch.Tensor:
-    """FLUX's 2x2 patchify: [B, C, H, W] -> [B, (H/2)(W/2), 4C], rows then columns."""
-    b, c, h, w = z.shape
-    z = z.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
-    return z.reshape(b, (h // 2) * (w // 2), c * 4)
-
-
-def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Inverse of pack_latents: [B, (H/2)(W/2), 4C] -> [B, C, H, W] (H, W in latent pixels)."""
-    b, _, d = tokens.shape
-    c = d // 4
-    z = tokens.reshape(b, height // 2, width // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
-    return z.reshape(b, c, height, width)
-
-
-def latent_image_ids(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Positional ids of packed tokens for FLUX's RoPE: [(H/2)(W/2), 3] = (0, row, col)."""
-    rows = torch.arange(height // 2, device=device, dtype=dtype)
-    cols = torch.arange(width // 2, device=device, dtype=dtype)
-    ids = torch.zeros(height // 2, width // 2, 3, device=device, dtype=dtype)
-    ids[..., 1] = rows[:, None]
-    ids[..., 2] = cols[None, :]
-    return ids.reshape(-1, 3)

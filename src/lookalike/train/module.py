@@ -1,4 +1,4 @@
-"""The LightningModule: a frozen FLUX transformer with a LoRA, trained on cached tensors.
+"""The LightningModule: a frozen transformer with a LoRA, trained on cached tensors.
 
 Lightning owns the loop (devices, precision, accumulation, clipping, checkpoint files, loggers);
 this module owns only what is specific to lookalike: which weights train, the step, the optimiser,
@@ -90,7 +90,7 @@ class LoraModule(L.LightningModule):
         sigmas = torch.tensor(train.validation_sigmas)
         losses = []
         for i, it in enumerate(items[:limit]):
-            b = Batch(it.latent[None].float().to(self.device), it.t5[None], it.pooled[None])
+            b = Batch(it.latent[None].float().to(self.device), {k: v[None] for k, v in it.cond.items()})
             losses.append(float(fixed_noise_loss(self.transformer, b, sigmas, train.guidance, seed=i,
                                                  max_rows=train.batch_size)))
         return sum(losses) / len(losses)
@@ -139,4 +139,4 @@ class LoraModule(L.LightningModule):
 
 
 def as_batch(batch: dict, prior: torch.Tensor | None = None) -> Batch:
-    return Batch(batch["latents"], batch["t5"], batch["pooled"], prior)
+    return Batch(batch["latents"], batch["cond"], prior)

@@ -55,17 +55,11 @@ def write_progress_gifs(samples_dir: Path, out_dir: Path, frame_ms: int = 600) -
 
 
 class PreviewSampler:
-    """Draws the preview prompts with the live transformer; built once, called every N epochs."""
+    """Draws the preview prompts with the live transformer; built once (through `prepare_pipeline`, around
+    the transformer being trained), called every N epochs."""
 
-    def __init__(self, transformer, vae, scheduler, prompts, seeds, settings, info: dict):
-        from diffusers import FluxPipeline
-
-        self.pipe = FluxPipeline(
-            scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
-            tokenizer_2=None, transformer=transformer,
-        )
-        self.pipe.set_progress_bar_config(disable=True)
-        self.prompts, self.seeds, self.settings, self.info = prompts, seeds, settings, info
+    def __init__(self, ready, seeds, info: dict):
+        self.ready, self.seeds, self.info = ready, seeds, info
 
     def draw(self, folder: Path, epoch: int, step: int) -> list[Path]:
         """Sample every prompt x seed into `folder`; the global RNG is left as it was."""
@@ -74,12 +68,14 @@ class PreviewSampler:
         from lookalike.generate import sample, save_sample
 
         folder.mkdir(parents=True, exist_ok=True)
-        device = next(self.pipe.transformer.parameters()).device
-        self.pipe.vae.to(device)
+        pipe = self.ready.pipe
+        device = next(pipe.transformer.parameters()).device
+        pipe.vae.to(device)
         paths = []
-        embeddings = [type(e)(e.prompt, e.t5.to(device), e.pooled.to(device)) for e in self.prompts]
+        embeddings = [e.to(device) for e in self.ready.embeddings.values()]
+        negative = self.ready.negative.to(device) if self.ready.negative is not None else None
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            for i, s in enumerate(sample(self.pipe, embeddings, self.seeds, self.settings)):
+            for i, s in enumerate(sample(pipe, embeddings, self.seeds, self.ready.settings, negative=negative)):
                 s.info = {**self.info, "epoch": epoch, "step": step}
                 paths.append(save_sample(s, folder, i))
         return paths

@@ -176,8 +176,8 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
 
     from lookalike.data.cache import load_cache
     from lookalike.data.loader import BatchStream, make_plan
-    from lookalike.models.flux import load_transformer, model_source
     from lookalike.models.quantize import apply_memory_mode, quantize_device
+    from lookalike.models.source import load_transformer, model_source, source_family
     from lookalike.runtime import training_runtime
     from lookalike.train import callbacks as cb
     from lookalike.train.lora import add_lora
@@ -189,17 +189,18 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
     folder = run.stage(STAGE)
     if resume and not run.resume_checkpoint.exists():
         raise ConfigError(f"--resume: {run.resume_checkpoint} does not exist; nothing to resume. Run without --resume")
-    data = load_cache(run)
+    source = model_source(cfg.model)
+    data = load_cache(run, source_family(source).name)
     runtime = training_runtime(cfg)
     world = cfg.train.devices * cfg.train.num_nodes
     plan = make_plan([tuple(it.latent.shape[-2:]) for it in data.train], cfg, world)
-    source = model_source(cfg.model)
     transformer = load_transformer(source, runtime.dtype)
     apply_memory_mode(transformer, cfg.train.memory, quantize_device(runtime.device))  # before the LoRA: it stays fp32
     if cfg.train.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     lora = add_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, seed=cfg.runtime.seed)
     _log_start(cfg, runtime, lora, plan, data)
+    captions = [it.caption for it in data.train]
 
     def make_loader(start: int, rank: int):
         stream = BatchStream(data.train, data.empty, plan, cfg.train.batch_size, cfg.runtime.seed, rank, start,
@@ -207,16 +208,16 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
         return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
 
     def save_snapshot(step: int) -> Path:
-        return _export(cfg, transformer, lora, step, run.checkpoint(step))
+        return _export(cfg, transformer, lora, step, run.checkpoint(step), captions=captions)
 
     def make_sampler():
-        from lookalike.generate import settings_from_config
-        from lookalike.models.flux import load_sampling_parts
+        from lookalike.generate import PromptEmbedding, prepare_pipeline, settings_from_config
         from lookalike.train.previews import PreviewSampler
 
-        vae, scheduler = load_sampling_parts(source, runtime.dtype)
-        return PreviewSampler(transformer, vae, scheduler, data.prompts, cfg.generate.seeds,
-                              settings_from_config(cfg.generate), {"model": cfg.model.source, "run": str(run.root)})
+        empty = PromptEmbedding("", {k: v[None] for k, v in data.empty.items()})
+        ready = prepare_pipeline(source, runtime, [], settings_from_config(cfg.generate), transformer=transformer,
+                                 embeddings=data.prompts, negative=empty)
+        return PreviewSampler(ready, cfg.generate.seeds, {"model": cfg.model.source, "run": str(run.root)})
 
     accum, total = plan.accumulation, plan.total_steps
     digests = cb.RankDigests()
@@ -254,8 +255,9 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
         return TrainReport(folder, stop.stopped_at, None, None, [])  # DDP ranks > 0 end quietly
     report = TrainReport(folder, trainer.global_step, None, None, digests.digests)
     if trainer.is_global_zero:
-        report.lora = _export(cfg, transformer, lora, trainer.global_step, run.lora)
-        report.kohya = _export(cfg, transformer, lora, trainer.global_step, run.lora_kohya, kohya=True)
+        report.lora = _export(cfg, transformer, lora, trainer.global_step, run.lora, captions=captions)
+        report.kohya = _export(cfg, transformer, lora, trainer.global_step, run.lora_kohya, kohya=True,
+                               captions=captions)
         run.write_manifest(
             folder, STAGE, steps=trainer.global_step, epochs=trainer.global_step // plan.steps_per_epoch,
             resumed=resume, seconds=round(time.time() - started, 2), device=str(runtime.device),
@@ -303,17 +305,21 @@ def _next_attempt(logs: Path) -> str:
     return f"attempt-{n}"
 
 
-def _export(cfg, transformer, lora, step: int, path: Path, kohya: bool = False) -> Path:
-    """Write the current LoRA to `path` (diffusers format, or kohya keys) with the lookalike header."""
-    from lookalike.export import header, save_diffusers_lora, save_kohya_lora
-    from lookalike.models.flux_keys import module_out_features
+def _export(cfg, transformer, lora, step: int, path: Path, kohya: bool = False, captions=None) -> Path:
+    """Write the current LoRA to `path` (diffusers format, or the family's ComfyUI format) with the
+    lookalike, `ss_*` and `modelspec.*` headers."""
+    from lookalike.export import header, save_diffusers_lora
+    from lookalike.models.source import model_source, source_family
     from lookalike.train.lora import lora_state_dict
 
+    family = source_family(model_source(cfg.model))
     state = {k: v.detach().float().cpu() for k, v in lora_state_dict(transformer).items()}
-    meta = header(cfg.dataset.trigger, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, cfg.model.source, step)
+    meta = header(cfg.dataset.trigger, cfg.lora.rank, cfg.lora.alpha, family.targets(cfg.lora.targets),
+                  cfg.model.source, step, family=family.name, resolution=cfg.dataset.resolution,
+                  captions=captions, output_name=path.stem)
     if kohya:
-        return save_kohya_lora(state, cfg.lora.alpha, module_out_features(transformer), path, meta)
-    return save_diffusers_lora(state, lora.config, path, meta)
+        return family.save_comfy_lora(transformer, state, lora.config, path, meta)
+    return save_diffusers_lora(state, lora.config, path, meta, pipeline_cls=family.load_class("pipeline"))
 
 
 def _log_start(cfg, runtime, lora, plan, data) -> None:

@@ -1,7 +1,8 @@
 """One flow-matching training step on cached tensors, as a handful of named calls.
 
 The training loop never runs the VAE or the text encoders: a `Batch` holds what the cache stage
-wrote (normalised latents, T5 sequence embeddings, CLIP pooled embeddings).
+wrote (normalised latents and the model family's text conditioning, opaque here). The model itself
+is called through its family's `predict_velocity`.
 """
 
 from __future__ import annotations
@@ -12,54 +13,32 @@ from dataclasses import dataclass
 
 import torch
 
-from lookalike.train.flow_matching import (
-    flow_matching_loss,
-    latent_image_ids,
-    loss_weights,
-    noisy_latents,
-    pack_latents,
-    sample_sigmas,
-    unpack_latents,
-    velocity_target,
-)
+from lookalike.models.family import cond_repeat, cond_rows, family_of_module
+from lookalike.train.flow_matching import flow_matching_loss, loss_weights, noisy_latents, sample_sigmas, velocity_target
 
 
 @dataclass
 class Batch:
-    """Cached inputs. latents: [B, C, H, W] with z = (z_vae - shift)·scale; t5: [B, L, D_t5]; pooled: [B, D_clip].
+    """Cached inputs. latents: [B, C, H, W], normalised as the family's VAE hook does; cond: the family's
+    text conditioning {name: [B, ...]}.
 
     prior: [B] bool or None: items whose target is the base model's own prediction (grounding photos
     with `dataset.grounding_target=base`) instead of the photo's velocity ε - z.
     """
 
     latents: torch.Tensor
-    t5: torch.Tensor
-    pooled: torch.Tensor
+    cond: dict
     prior: torch.Tensor | None = None
 
-    def rows(self, mask: torch.Tensor) -> "Batch":
-        """The items where `mask` ([B] bool) is true."""
-        return Batch(*(t[mask.to(t.device)] for t in (self.latents, self.t5, self.pooled)))
+    def rows(self, index) -> "Batch":
+        """The items at `index` (a [B] bool mask or a slice)."""
+        i = index.to(self.latents.device) if isinstance(index, torch.Tensor) else index
+        return Batch(self.latents[i], cond_rows(self.cond, index))
 
 
 def predict_velocity(transformer, z_sigma: torch.Tensor, sigma: torch.Tensor, batch: Batch, guidance: float):
-    """v̂ = f_θ(z_σ, σ, text): pack into 2x2 patch tokens, run FLUX, unpack. [B, C, H, W] -> [B, C, H, W].
-
-    FLUX takes σ itself as the timestep and the raw guidance value (it scales both by 1000 inside).
-    """
-    b, _, h, w = z_sigma.shape
-    dtype, device = transformer.dtype, z_sigma.device
-    out = transformer(
-        hidden_states=pack_latents(z_sigma).to(dtype),
-        encoder_hidden_states=batch.t5.to(device, dtype),
-        pooled_projections=batch.pooled.to(device, dtype),
-        timestep=sigma.to(device, dtype),
-        guidance=torch.full((b,), guidance, device=device, dtype=dtype),
-        txt_ids=torch.zeros(batch.t5.shape[1], 3, device=device, dtype=dtype),
-        img_ids=latent_image_ids(h, w, device=device, dtype=dtype),
-        return_dict=False,
-    )[0]
-    return unpack_latents(out, h, w)
+    """v̂ = f_θ(z_σ, σ, text) through the transformer's family. [B, C, H, W] -> [B, C, H, W]."""
+    return family_of_module(transformer).predict_velocity(transformer, z_sigma, sigma, batch.cond, guidance)
 
 
 _LORA_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -138,14 +117,14 @@ def fixed_noise_loss(transformer, batch: Batch, sigmas: torch.Tensor, guidance: 
     """
     g = torch.Generator().manual_seed(seed)
     z, s = batch.latents, len(sigmas)
-    rows = Batch(*(t.repeat_interleave(s, dim=0) for t in (z, batch.t5, batch.pooled)))
+    rows = Batch(z.repeat_interleave(s, dim=0), cond_repeat(batch.cond, s))
     noise = torch.randn(rows.latents.shape, generator=g, dtype=torch.float32).to(z)
     sigma = sigmas.float().repeat(z.shape[0]).to(z.device)
     total = torch.zeros((), device=z.device)
     with torch.no_grad():
         for start in range(0, len(sigma), max_rows):
             part = slice(start, start + max_rows)
-            chunk = Batch(rows.latents[part], rows.t5[part], rows.pooled[part])
+            chunk = rows.rows(part)
             n = len(sigma[part])
             total += n * _loss_at(transformer, chunk, noise[part], sigma[part], guidance, torch.ones(n))
     return total / len(sigma)
