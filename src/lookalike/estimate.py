@@ -102,10 +102,12 @@ def training_estimate(cfg, steps: int, device: str, gpu_name: str | None) -> Est
         scale = t.batch_size * t.gradient_accumulation / 8
         return Estimate(steps, steps * TOY_CPU_SECONDS_PER_STEP * scale, None,
                         "estimate: the toy model's measured speed on 2 CPU cores")
-    if source == "lookalike:tiny-twin":
+    from lookalike.models.family import twin_family
+
+    if twin_family(source) is not None:
         return Estimate(steps, None, None, "the tiny twin: seconds")
     if not is_flux1_size(source):
-        return Estimate(steps, None, None, "no estimate for this model yet")
+        return Estimate(steps, None, None, "no estimate for this model yet (the FLOP model is FLUX.1-dev's)")
     side = cfg.dataset.resolution
     n = tokens(side, side, cfg.dataset.max_sequence_length)
     memory = flux1_memory_gb(n, t.batch_size, cfg.lora.rank, t.memory, t.gradient_checkpointing)

@@ -186,12 +186,10 @@ def save_diffusers_lora(state: Mapping, lora_config, path: str | Path, meta: dic
 
     `state` is PEFT-named (from `lora_state_dict`, with or without the `transformer.` prefix);
     `lora_config` is its peft `LoraConfig` (or its `to_dict()`), whose alpha is folded into lora_B.
-    `pipeline_cls` (default FluxPipeline) names the component prefix (`transformer_name`); pass the
-    family's pipeline class, e.g. Flux2KleinPipeline. `meta` is written into the header, its
+    `pipeline_cls` (the family's pipeline class) names the component prefix (`transformer_name`,
+    "transformer" for every family so far, the default). `meta` is written into the header, its
     `ss_network_alpha` set to the rank to describe the folded tensors.
     """
-    if pipeline_cls is None:
-        from diffusers import FluxPipeline as pipeline_cls
     prefix = f"{getattr(pipeline_cls, 'transformer_name', 'transformer')}."
     tensors = fold_alpha(state, lora_config, prefix)
     metadata = {"format": "pt", **meta}

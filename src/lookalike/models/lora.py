@@ -106,8 +106,10 @@ def _module_shapes(root, prefix: str, state: dict, path: Path) -> None:
 
 
 def _is_flux1(pipe) -> bool:
-    """Whether `pipe`'s transformer is FLUX.1's, the model `flux_keys`' table describes."""
-    return type(getattr(pipe, "transformer", None)).__name__ == "FluxTransformer2DModel"
+    """Whether `pipe` is of the FLUX.1 family, the model `flux_keys`' kohya table describes."""
+    from lookalike.models.family import family_of_module
+
+    return family_of_module(pipe).name == "flux1"
 
 
 def is_kohya_flux(state: dict) -> bool:
