@@ -689,7 +689,7 @@ def framework_overhead(model: str, size: Size, device, args) -> dict:
     restart()
     after, again = bare_loop(transformer, cfg, stream, warmup + steps, runtime)
     peak, _ = peak_gb(runtime.device)
-    del transformer, start
+    transformer = start = None  # free the model before the next one (restart() is not called again)
     reset_peak(runtime.device)
 
     timed_steps = slice(warmup, warmup + steps)

@@ -68,6 +68,7 @@ class Family:
     size_multiple: int = 16  # image sides: VAE downsampling x patch size
     default_components: str | None = None  # hub id holding VAE / text encoders for a single-file transformer
     export: Mapping[str, str] = field(default_factory=dict)  # modelspec architecture, ss_base_model_version
+    twin_index: Mapping[str, Any] = field(default_factory=dict)  # model_index.json entries a saved twin gets
 
     def targets(self, value: str | list[str]) -> list[str]:
         """A preset name -> this family's module list; a list is returned as it is."""

@@ -20,6 +20,7 @@ and guidance. Facts from diffusers 0.42.1 (`pipelines/flux2/pipeline_flux2{,_kle
 from __future__ import annotations
 
 from lookalike.models.family import Family, cond_to
+from lookalike.models.twins_flux2 import TWIN_INDEX
 
 # ---------------------------------------------------------------- pure functions: latents, tokens, ids
 
@@ -153,6 +154,7 @@ def build_dev_twin(seed: int = 0):
     return build_flux2_dev(seed)
 
 
+
 # Target sets. `seed` is what the diffusers FLUX.2 scripts train (train_dreambooth_lora_flux2{,_klein}.py):
 # the write-up's four in the double blocks plus both Linears of every single block, so that the 48 (dev) /
 # 20-24 (klein) single blocks are adapted too, not only the 8 / 5 double ones. A `*` matches any block
@@ -188,6 +190,7 @@ DEV = Family(
     single_file_markers=("double_stream_modulation_img.", "single_stream_modulation."),
     sample_kwargs=sample_kwargs_dev,
     build_twin=build_dev_twin,
+    twin_index=TWIN_INDEX["dev"],
     save_comfy_lora=save_comfy_lora,
     twin_source="lookalike:tiny-flux2",
     default_components="black-forest-labs/FLUX.2-dev",
@@ -204,6 +207,7 @@ KLEIN = Family(
     single_file_markers=(),
     sample_kwargs=sample_kwargs_klein,
     build_twin=build_klein_twin,
+    twin_index=TWIN_INDEX["klein"],
     save_comfy_lora=save_comfy_lora,
     twin_source="lookalike:tiny-flux2-klein",
     default_components="black-forest-labs/FLUX.2-klein-base-4B",

@@ -40,12 +40,15 @@ def save_twin(folder: str | Path, seed: int = TWIN_SEED, single_file: bool = Tru
     import shutil
     import tempfile
 
+    from lookalike.models.family import family as get
+
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         pipe = build_twin(seed, family)
         pipe.save_pretrained(tmp)
+        _rewrite_index(tmp / "model_index.json", get(family).twin_index)
         if single_file:
             save_single_file_transformer(pipe.transformer, tmp / single_file_name(family))
         if folder.exists():
@@ -54,6 +57,18 @@ def save_twin(folder: str | Path, seed: int = TWIN_SEED, single_file: bool = Tru
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _rewrite_index(path: Path, entries: dict) -> None:
+    """Set `entries` in a saved pipeline's model_index.json (a family's twin may name a class differently
+    from what `save_pretrained` writes)."""
+    if not entries:
+        return
+    import json
+
+    index = json.loads(path.read_text(encoding="utf-8"))
+    index.update(entries)
+    path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def single_file_name(family: str) -> str:

@@ -255,46 +255,38 @@ def _eval(*modules):
 # ---------------------------------------------------------------- the twins
 
 
-def build_flux2_klein(seed: int = FLUX2_TWIN_SEED):
-    """The tiny twin of FLUX.2-klein-base (a non-distilled `Flux2KleinPipeline`), in memory (~0.2 s).
-
-    The caller's global torch RNG state is left as it was.
-    """
+def _build(pipeline: str, tok, text_encoder, guidance_embeds: bool, seed: int, **extra):
+    """A FLUX.2 twin pipeline of class `pipeline`: seeded transformer, VAE and `text_encoder(tok)`, all in eval
+    mode. The caller's global torch RNG state is left as it was."""
+    import diffusers
     import torch
-    from diffusers import Flux2KleinPipeline
 
-    tok = qwen3_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer = _transformer(guidance_embeds=False)
+        transformer = _transformer(guidance_embeds=guidance_embeds)
         vae = _vae()
-        text_encoder = _qwen3(tok)
-    _eval(transformer, vae, text_encoder)
-    return Flux2KleinPipeline(scheduler=_scheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tok,
-                              transformer=transformer, is_distilled=False)
+        encoder = text_encoder(tok)
+    _eval(transformer, vae, encoder)
+    return getattr(diffusers, pipeline)(scheduler=_scheduler(), vae=vae, text_encoder=encoder, tokenizer=tok,
+                                        transformer=transformer, **extra)
+
+
+def build_flux2_klein(seed: int = FLUX2_TWIN_SEED):
+    """The tiny twin of FLUX.2-klein-base (a non-distilled `Flux2KleinPipeline`), in memory (~0.2 s)."""
+    return _build("Flux2KleinPipeline", qwen3_tokenizer(), _qwen3, False, seed, is_distilled=False)
 
 
 def build_flux2_dev(seed: int = FLUX2_TWIN_SEED):
-    """The tiny twin of FLUX.2-dev (a `Flux2Pipeline`, guidance embedded), in memory (~0.3 s).
-
-    The caller's global torch RNG state is left as it was.
-    """
-    import torch
-    from diffusers import Flux2Pipeline
-
-    tok = mistral_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        transformer = _transformer(guidance_embeds=True)
-        vae = _vae()
-        text_encoder = _mistral3(tok)
-    _eval(transformer, vae, text_encoder)
-    return Flux2Pipeline(scheduler=_scheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tok,
-                         transformer=transformer)
+    """The tiny twin of FLUX.2-dev (a `Flux2Pipeline`, guidance embedded), in memory (~0.3 s)."""
+    return _build("Flux2Pipeline", mistral_tokenizer(), _mistral3, True, seed)
 
 
 BUILDERS = {"klein": build_flux2_klein, "dev": build_flux2_dev}
-TOKENIZER_CLASSES = {"klein": KLEIN_TOKENIZER_CLASS, "dev": DEV_TOKENIZER_CLASS}
+# model_index.json entries a saved twin gets: the tokenizer class by its long-standing name, klein's as the
+# real folder names it (Qwen2TokenizerFast), dev's as PreTrainedTokenizerFast (transformers 5 would write
+# "TokenizersBackend", its new name for the same class). Only transformers 5 is tested.
+TWIN_INDEX = {"klein": {"tokenizer": ["transformers", KLEIN_TOKENIZER_CLASS]},
+              "dev": {"tokenizer": ["transformers", DEV_TOKENIZER_CLASS]}}
 
 
 def build_flux2_twin(kind: Literal["klein", "dev"], seed: int = FLUX2_TWIN_SEED):
@@ -305,31 +297,10 @@ def build_flux2_twin(kind: Literal["klein", "dev"], seed: int = FLUX2_TWIN_SEED)
 
 
 def save_flux2_twin(kind: Literal["klein", "dev"], folder: str | Path, seed: int = FLUX2_TWIN_SEED) -> Path:
-    """Build a FLUX.2 twin and save it as a diffusers folder (`save_pretrained`, the hub layout).
+    """Build a FLUX.2 twin and save it as a diffusers folder, atomically, through `twin.save_twin` (which also
+    writes the tokenizer class names of TWIN_INDEX into model_index.json)."""
+    from lookalike.models.twin import save_twin
 
-    model_index.json names the tokenizer class by its long-standing name: klein's as the real folder
-    does (Qwen2TokenizerFast), dev's as PreTrainedTokenizerFast (transformers 5 would write
-    "TokenizersBackend", its new name for the same class). Only transformers 5 is tested.
-    Writes into a temporary sibling folder first and renames it, so a crash leaves no half twin.
-    """
-    import json
-    import os
-    import shutil
-    import tempfile
-
-    pipe = build_flux2_twin(kind, seed)
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        pipe.save_pretrained(tmp)
-        index_path = tmp / "model_index.json"
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        index["tokenizer"] = ["transformers", TOKENIZER_CLASSES[kind]]
-        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    if kind not in BUILDERS:
+        raise ValueError(f"unknown FLUX.2 twin kind {kind!r}; kinds: {', '.join(KINDS)}")
+    return save_twin(folder, seed=seed, single_file=False, family=f"flux2-{kind}")

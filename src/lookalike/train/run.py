@@ -190,7 +190,8 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
     if resume and not run.resume_checkpoint.exists():
         raise ConfigError(f"--resume: {run.resume_checkpoint} does not exist; nothing to resume. Run without --resume")
     source = model_source(cfg.model)
-    data = load_cache(run, source_family(source).name)
+    family = source_family(source)
+    data = load_cache(run, family.name)
     runtime = training_runtime(cfg)
     world = cfg.train.devices * cfg.train.num_nodes
     plan = make_plan([tuple(it.latent.shape[-2:]) for it in data.train], cfg, world)
@@ -208,7 +209,7 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
         return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
 
     def save_snapshot(step: int) -> Path:
-        return _export(cfg, transformer, lora, step, run.checkpoint(step), captions=captions)
+        return _export(cfg, family, transformer, lora, step, run.checkpoint(step), captions=captions)
 
     def make_sampler():
         from lookalike.generate import PromptEmbedding, prepare_pipeline, settings_from_config
@@ -255,8 +256,8 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
         return TrainReport(folder, stop.stopped_at, None, None, [])  # DDP ranks > 0 end quietly
     report = TrainReport(folder, trainer.global_step, None, None, digests.digests)
     if trainer.is_global_zero:
-        report.lora = _export(cfg, transformer, lora, trainer.global_step, run.lora, captions=captions)
-        report.kohya = _export(cfg, transformer, lora, trainer.global_step, run.lora_kohya, kohya=True,
+        report.lora = _export(cfg, family, transformer, lora, trainer.global_step, run.lora, captions=captions)
+        report.kohya = _export(cfg, family, transformer, lora, trainer.global_step, run.lora_kohya, kohya=True,
                                captions=captions)
         run.write_manifest(
             folder, STAGE, steps=trainer.global_step, epochs=trainer.global_step // plan.steps_per_epoch,
@@ -305,14 +306,12 @@ def _next_attempt(logs: Path) -> str:
     return f"attempt-{n}"
 
 
-def _export(cfg, transformer, lora, step: int, path: Path, kohya: bool = False, captions=None) -> Path:
-    """Write the current LoRA to `path` (diffusers format, or the family's ComfyUI format) with the
+def _export(cfg, family, transformer, lora, step: int, path: Path, kohya: bool = False, captions=None) -> Path:
+    """Write the current LoRA to `path` (diffusers format, or `family`'s ComfyUI format) with the
     lookalike, `ss_*` and `modelspec.*` headers."""
     from lookalike.export import header, save_diffusers_lora
-    from lookalike.models.source import model_source, source_family
     from lookalike.train.lora import lora_state_dict
 
-    family = source_family(model_source(cfg.model))
     state = {k: v.detach().float().cpu() for k, v in lora_state_dict(transformer).items()}
     meta = header(cfg.dataset.trigger, cfg.lora.rank, cfg.lora.alpha, family.targets(cfg.lora.targets),
                   cfg.model.source, step, family=family.name, resolution=cfg.dataset.resolution,
