@@ -2,12 +2,13 @@
 and the framework's overhead: lookalike's Lightning step against a bare loop on the same tensors.
 
 The training-step sweep. For each model in `--family` (default: all of flux1-dev, flux2-klein-4b,
-flux2-klein-9b, flux2-dev) it builds the published transformer config (below, with sources) on the meta
+flux2-klein-9b, flux2-dev, z-image, qwen-image) it builds the published transformer config (below, with sources) on the meta
 device, allocates it on the GPU and initialises it there (no copy through host memory), adds the rank-32
 LoRA on its family's `seed` target set with `add_lora`, and times the project's own step
 (`training_loss`, backward, gradient clipping, AdamW) on random cached inputs of the real shapes: 1024²
-photos -> 4096 image tokens (FLUX.1: 16-channel latents at 1/8 size, packed 2x2; FLUX.2: 128-channel
-patchified latents at 1/16 size), 512 text tokens of the family's text width (FLUX.1 also CLIP pooled 768).
+photos -> 4096 image tokens (FLUX.1, Qwen-Image: 16-channel latents at 1/8 size, packed 2x2; FLUX.2:
+128-channel patchified latents at 1/16 size; Z-Image: 16 channels at 1/8, patchified 2x2 by the model), 512
+text tokens of the family's text width (FLUX.1 also CLIP pooled 768; Z-Image and Qwen-Image a mask).
 For every case (memory mode x batch x checkpointing x torch.compile) it reports the median seconds per
 step after warm-up (CUDA events), the peak GPU memory, and the model-FLOP utilisation against a bf16
 matrix-product peak measured in the same run. A case that runs out of memory is reported as OOM and the
@@ -75,6 +76,15 @@ FLUX2_KLEIN_4B = dict(FLUX2_COMMON, num_layers=5, num_single_layers=20, num_atte
 FLUX2_KLEIN_9B = dict(FLUX2_COMMON, num_layers=8, num_single_layers=24, num_attention_heads=32,
                       joint_attention_dim=12288, guidance_embeds=False)  # text: Qwen3-8B, 3 layers x 4096
 
+# Tongyi-MAI/Z-Image transformer/config.json (base and Turbo are the same; axes_lens 1536 as published, the
+# diffusers class default is 1024; musubi-tuner zimage_config.py agrees). Text: Qwen3-4B, hidden layer -2.
+Z_IMAGE = dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30,
+               n_refiner_layers=2, n_heads=30, n_kv_heads=30, norm_eps=1e-5, qk_norm=True, cap_feat_dim=2560,
+               rope_theta=256.0, t_scale=1000.0, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512])
+# Qwen/Qwen-Image transformer/config.json (the 2512 release loads with the same class). Text: Qwen2.5-VL-7B.
+QWEN_IMAGE = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                  num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56))
+
 
 @dataclass(frozen=True)
 class Model:
@@ -92,12 +102,16 @@ MODELS = {m.name: m for m in (
     Model("flux2-klein-4b", "flux2-klein", "FLUX.2 [klein] 4B", FLUX2_KLEIN_4B),
     Model("flux2-klein-9b", "flux2-klein", "FLUX.2 [klein] 9B", FLUX2_KLEIN_9B),
     Model("flux2-dev", "flux2-dev", "FLUX.2 [dev]", FLUX2_DEV),
+    Model("z-image", "z-image", "Z-Image", Z_IMAGE),
+    Model("qwen-image", "qwen-image", "Qwen-Image", QWEN_IMAGE),
 )}
 
 # Cached latents per family: (transformer in_channels per latent channel, VAE downsampling). FLUX.1: 16
 # channels at 1/8 size, packed 2x2 into 64-channel tokens; FLUX.2: 32 VAE channels at 1/8, patchified 2x2
-# in the cache to 128 channels at 1/16 size, one token per latent pixel.
-LATENT_LAYOUT = {"flux1": (4, 8), "flux2-klein": (1, 16), "flux2-dev": (1, 16)}
+# in the cache to 128 channels at 1/16 size, one token per latent pixel. Z-Image: FLUX.1's VAE, the transformer
+# patchifies 2x2 itself; Qwen-Image: 16 channels at 1/8, packed 2x2 like FLUX.1.
+LATENT_LAYOUT = {"flux1": (4, 8), "flux2-klein": (1, 16), "flux2-dev": (1, 16), "z-image": (1, 8),
+                 "qwen-image": (4, 8)}
 
 FLUX_VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -219,11 +233,17 @@ def materialise(build, device: torch.device, dtype: torch.dtype, seed: int = 0, 
     """Build a model on the meta device, allocate it on `device` in `dtype`, fill it with random weights.
 
     Matrices and convolutions ~ N(0, std²), biases 0, norm scales 1. Nothing passes through host memory.
+    A submodule that keeps tables in plain tensor attributes (Qwen-Image's RoPE, `QwenEmbedRope`) is built
+    again off the meta device from its own constructor arguments (`_rebuilt`).
     """
     with torch.device("meta"):
         model = build()
     if any(True for _ in model.buffers()):
         raise RuntimeError(f"{type(model).__name__} has buffers, which to_empty would leave uninitialised")
+    for name, module in list(model.named_modules()):
+        if any(isinstance(v, torch.Tensor) and v.is_meta for v in vars(module).values()):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, _rebuilt(module, name))
     model = model.to(dtype=dtype).to_empty(device=device)
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -235,6 +255,19 @@ def materialise(build, device: torch.device, dtype: torch.dtype, seed: int = 0, 
             else:
                 p.fill_(1.0)
     return model.eval()
+
+
+def _rebuilt(module, name: str):
+    """`module` made again by its class from the attributes named like its constructor's parameters (on the
+    default device, parameter-free modules only)."""
+    import inspect
+
+    params = [p for p in inspect.signature(type(module).__init__).parameters.values() if p.name != "self"]
+    missing = [p.name for p in params if not hasattr(module, p.name) and p.default is inspect.Parameter.empty]
+    if missing or any(True for _ in module.parameters()):
+        raise RuntimeError(f"{name} ({type(module).__name__}) keeps plain tensors made on the meta device and cannot "
+                           f"be rebuilt from its attributes (missing {missing}, or it has parameters)")
+    return type(module)(**{p.name: getattr(module, p.name) for p in params if hasattr(module, p.name)})
 
 
 def transformer_class(model: str):
@@ -262,17 +295,22 @@ def random_batch(family_name: str, config: dict, side: int, text_tokens: int, ba
                  seed: int = 0):
     """Cached inputs of the real shapes for a model of `family_name` with transformer `config`: latents
     [B, C, h, w] fp32 (as the loader gives them) in the family's layout, and the family's conditioning in
-    the cache dtype -- FLUX.1 {"t5": [B, L, D], "pooled": [B, D_clip]}, FLUX.2 {"text": [B, L, D]}."""
+    the cache dtype -- FLUX.1 {"t5": [B, L, D], "pooled": [B, D_clip]}, FLUX.2 {"text": [B, L, D]}, Z-Image and
+    Qwen-Image {"text": [B, L, D], "mask": [B, L]} (every token a caption token: the longest captions)."""
     from lookalike.train.step import Batch
 
     g = torch.Generator(device).manual_seed(seed)
     per_channel, down = LATENT_LAYOUT[family_name]
     h = side // down
     latents = torch.randn(batch, config["in_channels"] // per_channel, h, h, generator=g, device=device)
-    text = torch.randn(batch, text_tokens, config["joint_attention_dim"], generator=g, device=device).to(dtype)
+    width = config["cap_feat_dim"] if family_name == "z-image" else config["joint_attention_dim"]
+    text = torch.randn(batch, text_tokens, width, generator=g, device=device).to(dtype)
     if family_name == "flux1":
         pooled = torch.randn(batch, config["pooled_projection_dim"], generator=g, device=device).to(dtype)
         return Batch(latents, {"t5": text, "pooled": pooled})
+    if family_name in ("z-image", "qwen-image"):
+        mask = torch.ones(batch, text_tokens, device=device, dtype=torch.bool if family_name == "z-image" else torch.long)
+        return Batch(latents, {"text": text, "mask": mask})
     return Batch(latents, {"text": text})
 
 
@@ -285,32 +323,44 @@ def model_batch(model: str, size: Size, batch: int, device, dtype, seed: int = 0
 # ---------------------------------------------------------------- the FLOP model
 
 
-TEXT_STREAM = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "ff_context")  # double blocks' text weights
+# double blocks' text-stream weights (FLUX: ff_context; Qwen-Image: txt_mlp)
+TEXT_STREAM = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "ff_context", "txt_mlp")
+MODULATION = (".norm", "_mod.", "adaLN_modulation")  # per-sample modulation: applied once per sample, not per token
+# the tokens each kind of block runs over: image + text (joint), image or text alone
+JOINT, IMAGE, TEXT = "joint", "image", "text"
+BLOCK_TOKENS = {"single_transformer_blocks": JOINT, "layers": JOINT, "noise_refiner": IMAGE, "context_refiner": TEXT}
 
 
 def _tokens_of(name: str, img: int, txt: int) -> int:
-    """Tokens a block Linear is applied to; 0 for the per-sample modulation (adaLN) layers (FLUX.1's per
-    block, FLUX.2's shared ones outside the blocks) and everything else outside the blocks."""
-    if ".norm" in f".{name}":
+    """Tokens a block Linear is applied to; 0 for the per-sample modulation (adaLN) layers (FLUX.1's and
+    Qwen-Image's per block, FLUX.2's shared ones outside the blocks) and everything else outside the blocks."""
+    if any(m in f".{name}" for m in MODULATION):
         return 0
-    if name.startswith("transformer_blocks."):
+    block_list = name.split(".")[0]
+    if block_list == "transformer_blocks":  # double-stream: each stream its own weights
         return txt if any(k in name for k in TEXT_STREAM) else img
-    return img + txt if name.startswith("single_transformer_blocks.") else 0
+    return {JOINT: img + txt, IMAGE: img, TEXT: txt}.get(BLOCK_TOKENS.get(block_list), 0)
 
 
 def model_flops(transformer, img_tokens: int, txt_tokens: int) -> float:
     """Model FLOPs of one training sample with a frozen base (shared/notes/anchors-performance.md §3):
     frozen linears 2x their forward (no weight gradient), attention 3x, LoRA 3x. Embedders, norms,
-    RoPE, softmax and the per-sample modulation are left out. Counted from the module shapes; the same
-    block names serve FLUX.1 and FLUX.2 (double blocks: image and text streams; single blocks: joint)."""
+    RoPE, softmax and the per-sample modulation are left out. Counted from the module shapes and the block
+    lists of the family (double blocks: image and text streams, joint attention; single blocks and Z-Image's
+    layers: joint; Z-Image's refiners: the image or the caption alone)."""
+    from lookalike.models.family import family_of_module
+
     frozen = lora = 0.0
     for name, m in transformer.named_modules():
         if isinstance(m, torch.nn.Linear):
             f = 2.0 * m.in_features * m.out_features * _tokens_of(name, img_tokens, txt_tokens)
             lora, frozen = (lora + f, frozen) if ".lora_" in name else (lora, frozen + f)
-    n = img_tokens + txt_tokens
-    blocks = len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks)
-    attention = 4.0 * n * n * transformer.inner_dim * blocks  # QKᵀ and PV over the joint sequence
+    width = getattr(transformer, "inner_dim", None) or transformer.config.dim
+    sequence = {JOINT: img_tokens + txt_tokens, IMAGE: img_tokens, TEXT: txt_tokens}
+    attention = 0.0
+    for block_list in family_of_module(transformer).block_lists:  # QKᵀ and PV over each block's sequence
+        n = sequence[BLOCK_TOKENS.get(block_list, JOINT)]
+        attention += 4.0 * n * n * width * len(getattr(transformer, block_list))
     return 2 * frozen + 3 * attention + 3 * lora
 
 

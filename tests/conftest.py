@@ -8,6 +8,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="lookalike-hub-cache-")
 os.environ["LOOKALIKE_HOME"] = tempfile.mkdtemp(prefix="lookalike-home-")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One worker per core (pytest -n): each worker's torch, and the CLIs it starts, on one thread, so the
+    # workers do not fight over the cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 

@@ -84,8 +84,8 @@ def test_defaults_are_the_seed_table():
 def test_presets_ship_in_the_package():
     assert PRESETS_DIR.is_dir()
     assert PRESETS_DIR.parent == Path(sys.modules["lookalike"].__file__).parent
-    assert preset_names() == ["flux1-dev", "flux2-dev", "flux2-klein-4b", "flux2-klein-9b", "tiny", "tiny-flux2",
-                              "tiny-flux2-klein", "toy"]
+    assert preset_names() == ["flux1-dev", "flux2-dev", "flux2-klein-4b", "flux2-klein-9b", "qwen-image", "tiny",
+                              "tiny-flux2", "tiny-flux2-klein", "tiny-qwen-image", "tiny-z-image", "toy", "z-image"]
 
 
 def test_flux1_dev_preset_spells_out_the_seed_table():

@@ -86,7 +86,9 @@ def generate(
     prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", "-f", help="A text file with one prompt per line."),
     seed: Optional[list[int]] = typer.Option(None, "--seed", "-s", help="Seed (repeatable); default generate.seeds."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps (generate.steps)."),
-    guidance: Optional[float] = typer.Option(None, help="Guidance value fed to FLUX's guidance embedder (generate.guidance)."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance value fed to the guidance embedding: FLUX.1, FLUX.2 [dev] (generate.guidance)."),
+    cfg_scale: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance scale: FLUX.2 [klein], Z-Image, Qwen-Image (generate.cfg)."),
+    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt for classifier-free guidance (generate.negative_prompt)."),
     width: Optional[int] = typer.Option(None, help="Width in pixels, a multiple of 16 (generate.width)."),
     height: Optional[int] = typer.Option(None, help="Height in pixels, a multiple of 16 (generate.height)."),
     lora: Optional[list[str]] = typer.Option(
@@ -104,7 +106,8 @@ def generate(
     from lookalike.models.lora import parse_lora_arg
 
     overrides = list(set_ or [])
-    for key, value in (("steps", steps), ("guidance", guidance), ("width", width), ("height", height)):
+    for key, value in (("steps", steps), ("guidance", guidance), ("cfg", cfg_scale), ("width", width),
+                       ("height", height)):
         if value is not None:
             overrides.append(f"generate.{key}={value}")
     if seed:
@@ -112,6 +115,8 @@ def generate(
     if device:
         overrides.append(f"runtime.device={device}")
     cfg = _load_config(preset, config, overrides, run)
+    if negative is not None:
+        cfg.generate.negative_prompt = negative
     if lora:
         cfg.generate.loras = [parse_lora_arg(x) for x in lora]
     elif run is not None and not cfg.generate.loras:  # a run's images are drawn with the run's LoRA
@@ -381,7 +386,7 @@ def train(
 def twin(
     folder: Path = typer.Argument(..., help="Where to save the twin (a diffusers folder)."),
     seed: int = typer.Option(0, help="Weight seed: same seed, same twin, same images."),
-    family: str = typer.Option("flux1", help="Model family: flux1, flux2-dev or flux2-klein."),
+    family: str = typer.Option("flux1", help="Model family: flux1, flux2-dev, flux2-klein, z-image or qwen-image."),
 ) -> None:
     """Build a family's tiny random-weight twin and save it like a local copy of the real model."""
     from lookalike.models.family import family as get_family

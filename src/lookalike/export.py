@@ -206,6 +206,22 @@ def save_kohya_lora(state: Mapping, alpha: float, module_dims: Mapping[str, int]
     return save_tensors(lora_to_kohya(dict(state), alpha=alpha, module_dims=module_dims), path, meta)
 
 
+def save_prefixed_lora(state: Mapping, alpha: float, prefix: str, path: str | Path, meta: dict[str, str]) -> Path:
+    """Write a LoRA as `<prefix><diffusers module>.lora_A/B.weight` plus a `<prefix><module>.alpha` tensor per
+    module (the trained alpha, unfolded): the layout ComfyUI reads for families whose diffusers names it maps
+    itself (FLUX.2, Z-Image, Qwen-Image); it scales by alpha / rank only from `.alpha` tensors."""
+    import torch
+
+    tensors = {}
+    for key, value in state.items():
+        name = key.removeprefix("transformer.")
+        tensors[prefix + name] = value
+        module, sep, _ = name.partition(".lora_A.")
+        if sep:
+            tensors[f"{prefix}{module}.alpha"] = torch.tensor(float(alpha))
+    return save_tensors(tensors, path, meta)
+
+
 def read_header(path: str | Path) -> dict[str, str]:
     """The lookalike fields of an exported LoRA's header, without the prefix."""
     from safetensors import safe_open

@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SampleSettings:
-    """How to draw: denoising steps, the guidance value (the model family says whether it is fed to an
-    embedding or used for classifier-free guidance), size in pixels, and how many images share one
-    denoising call."""
+    """How to draw: denoising steps, how to guide (the family uses one of the two: `guidance`, the value fed
+    to a guidance embedding, or `cfg` and `negative_prompt`, true classifier-free guidance), size in pixels,
+    and how many images share one denoising call."""
 
     steps: int = 28
     guidance: float = 3.5
@@ -31,6 +31,8 @@ class SampleSettings:
     height: int = 1024
     max_sequence_length: int = 512
     batch_size: int = 1
+    cfg: float = 4.0
+    negative_prompt: str = ""
 
 
 @dataclass
@@ -101,8 +103,9 @@ def encode_then_drop_text_encoders(pipe, prompts: Sequence[str], max_sequence_le
 class Prepared:
     """A pipeline ready to draw: LoRAs applied, prompts encoded, text encoders dropped, on its device.
 
-    `negative`: the empty prompt's conditioning, for families that sample with true classifier-free
-    guidance (None for guidance-distilled ones such as FLUX.1). `loras`: the adapter names applied.
+    `negative`: the negative prompt's conditioning (settings.negative_prompt, by default the empty prompt),
+    for families that sample with true classifier-free guidance (None for guidance-distilled ones such as
+    FLUX.1). `loras`: the adapter names applied.
     """
 
     pipe: object
@@ -123,7 +126,7 @@ def prepare_pipeline(source, runtime, prompts: Sequence[str], settings: SampleSe
     """The one way every caller (generate, eval, the demo, training previews) gets a pipeline to draw with.
 
     Whole model: load it, apply `loras` (LoraSpecs; before encoding, as a LoRA may touch a text encoder),
-    encode `prompts` (and the empty prompt when the family needs a negative), drop the text encoders, move
+    encode `prompts` (and settings.negative_prompt when the family needs a negative), drop the text encoders, move
     to `runtime.device`. With a live `transformer` and cached `embeddings` (training previews): load only
     the VAE and scheduler around it.
     """
@@ -143,11 +146,11 @@ def prepare_pipeline(source, runtime, prompts: Sequence[str], settings: SampleSe
     pipe.set_progress_bar_config(disable=True)
     names = apply_loras(pipe, list(loras))
     needs_negative = family_of_module(pipe).guidance == "cfg"
-    texts = list(prompts) + ([""] if needs_negative else [])
+    texts = list(prompts) + ([settings.negative_prompt] if needs_negative else [])
     encoded = encode_then_drop_text_encoders(pipe, texts, settings.max_sequence_length, runtime.device)
     pipe.to(runtime.device)
     found = {e.prompt: e for e in encoded}
-    return Prepared(pipe, found, settings, found[""] if needs_negative else None, names)
+    return Prepared(pipe, found, settings, found[settings.negative_prompt] if needs_negative else None, names)
 
 
 def sample(
@@ -159,7 +162,7 @@ def sample(
     negative: PromptEmbedding | None = None,
 ) -> Iterator[Sample]:
     """Draw every (prompt, seed) pair, prompt-major, `settings.batch_size` pairs per call. Yields PIL images
-    as they finish. `negative`: the empty prompt's embedding, for families with true CFG."""
+    as they finish. `negative`: the negative prompt's embedding, for families with true CFG."""
     import torch
 
     from lookalike.models.family import cond_cat, family_of_module
@@ -250,7 +253,8 @@ def read_prompts(prompts: Sequence[str], prompts_file: str | Path | None) -> lis
 
 def settings_from_config(gen) -> SampleSettings:
     """SampleSettings from the config's `generate` section."""
-    return SampleSettings(gen.steps, gen.guidance, gen.width, gen.height, gen.max_sequence_length, gen.batch_size)
+    return SampleSettings(gen.steps, gen.guidance, gen.width, gen.height, gen.max_sequence_length, gen.batch_size,
+                          gen.cfg, gen.negative_prompt)
 
 
 def generate_to_folder(cfg, prompts: Sequence[str], folder: Path, on_sample=None) -> list[Path]:
@@ -259,10 +263,10 @@ def generate_to_folder(cfg, prompts: Sequence[str], folder: Path, on_sample=None
     Everything that can be checked without the model (source path, LoRA paths) is checked first.
     """
     from lookalike.models.lora import lora_file
-    from lookalike.models.source import model_source
+    from lookalike.models.source import model_and_family
     from lookalike.runtime import decide_runtime
 
-    source = model_source(cfg.model)
+    source, _ = model_and_family(cfg)
     specs = list(cfg.generate.loras)
     for spec in specs:
         lora_file(spec.path)

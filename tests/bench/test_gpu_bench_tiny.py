@@ -10,7 +10,7 @@ import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu_train_step.py"
-MODELS = ["flux1-dev", "flux2-klein-4b", "flux2-klein-9b", "flux2-dev"]
+MODELS = ["flux1-dev", "flux2-klein-4b", "flux2-klein-9b", "flux2-dev", "z-image", "qwen-image"]
 KINDS = {("balanced", "every"), ("balanced", "half"), ("balanced", "off"), ("low", "every"), ("lowest", "every")}
 
 
@@ -53,7 +53,7 @@ def test_tiny_sweep_measures_every_family_mode_and_checkpointing_choice(bench, t
     # each family's own model ran: FLUX.2 dev has a guidance embedding, klein none; their losses differ
     losses = {m: next(r["loss"] for r in rows if r["case"]["model"] == m) for m in MODELS}
     assert losses["flux2-klein-4b"] == losses["flux2-klein-9b"]  # the same twin
-    assert len({losses["flux1-dev"], losses["flux2-klein-4b"], losses["flux2-dev"]}) == 3
+    assert len({losses[m] for m in ("flux1-dev", "flux2-klein-4b", "flux2-dev", "z-image", "qwen-image")}) == 5
     assert [c["stage"] for c in cache] == ["VAE encode", "T5 encode"] and all(c["per_s"] > 0 for c in cache)
     table = (tmp_path / "gpu_train_step.md").read_text()
     for model in MODELS:
@@ -179,6 +179,33 @@ def test_flux2_configs_and_their_flops(bench, model, params_b, lora_modules):
         lora = add_lora(transformer, 32, 32.0, "seed")
     assert len(lora.modules) == lora_modules
     assert any(m.startswith("single_transformer_blocks.") and m.endswith("attn.to_out") for m in lora.modules)
+
+
+def test_z_image_and_qwen_image_configs_and_their_flops(bench):
+    """The published configs give the published sizes (Z-Image "6B", Qwen-Image "20B"), and the seed targets
+    one LoRA module per attention Linear of every block. FLOPs per 1024² image (n = 4096 + 512 tokens), frozen
+    base 2x its forward, attention 3 · 4·n²·d per block:
+    Qwen-Image, 60 double blocks of 12·d² per stream (attention 4d², MLP 8d²): 60·n·d·(48·d + 12·n);
+    Z-Image, blocks of 4d² + 3·d·h (SwiGLU, h = 8d/3): 4·(4d² + 3dh) per token, on n tokens in the 30 main
+    layers, the image's in the 2 noise refiners and the caption's in the 2 context refiners."""
+    from lookalike.train.lora import add_lora
+
+    img, txt = 4096, 512
+    n = img + txt
+    with torch.device("meta"):
+        qwen = bench.transformer_class("qwen-image")(**bench.QWEN_IMAGE)
+        z = bench.transformer_class("z-image")(**bench.Z_IMAGE)
+    assert sum(p.numel() for p in qwen.parameters()) / 1e9 == pytest.approx(20.430, abs=0.001)
+    assert sum(p.numel() for p in z.parameters()) / 1e9 == pytest.approx(6.155, abs=0.001)
+    d = 3072
+    assert bench.model_flops(qwen, img, txt) == pytest.approx(60 * n * d * (48 * d + 12 * n), rel=1e-9)
+    d, h = 3840, 10240
+    per_token = 4 * (4 * d * d + 3 * d * h)
+    blocks = [(30, n), (2, img), (2, txt)]
+    assert bench.model_flops(z, img, txt) == pytest.approx(
+        sum(k * (t * per_token + 12 * t * t * d) for k, t in blocks), rel=1e-9)
+    assert len(add_lora(qwen, 32, 32.0, "seed").modules) == 4 * 60
+    assert len(add_lora(z, 32, 32.0, "seed").modules) == 4 * (30 + 2 + 2)
 
 
 @pytest.mark.parametrize("model", ["flux1-dev", "flux2-klein-4b"])

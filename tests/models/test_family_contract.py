@@ -1,7 +1,7 @@
 """The model-family contract, checked on every family's tiny twin with the same tests.
 
-A family (`lookalike.models.family.Family`) is what lets every stage run on FLUX.1, FLUX.2 [dev] and
-FLUX.2 [klein] without naming any of them. Each test below states one promise and checks it against
+A family (`lookalike.models.family.Family`) is what lets every stage run on FLUX.1, FLUX.2 [dev],
+FLUX.2 [klein], Z-Image and Qwen-Image without naming any of them. Each test below states one promise and checks it against
 the family's own diffusers pipeline, so a new family passes only if it behaves like the others:
 
 - `predict_velocity` is the pipeline's own transformer call on the same state;
@@ -20,16 +20,49 @@ import torch
 from lookalike.models import flux1, flux2
 from lookalike.models.family import family as get_family
 
-# How to read the pipeline's own tensors in lookalike's latent layout [B, C, h, w]: the transformer's
-# token input / output, and what `output_type="latent"` returns.
+
+def _keyword_call(to_ours):
+    """(z, σ, v) of a transformer called with hidden_states / timestep keywords (FLUX.1, FLUX.2, Qwen-Image),
+    its tokens read back into [B, C, h, w] by `to_ours`."""
+    return lambda args, kwargs, out, h, w: (to_ours(kwargs["hidden_states"], h, w), kwargs["timestep"],
+                                            to_ours(out[0] if isinstance(out, tuple) else out.sample, h, w))
+
+
+def _z_image_call(args, kwargs, out, h, w):
+    """Z-Image's transformer takes (latents as a list of [C, 1, h, w], t = 1 - σ, captions) and returns -v as
+    a list (`ZImagePipeline.__call__`)."""
+    out = out[0] if isinstance(out, tuple) else out.sample
+    return torch.stack(args[0]).squeeze(2), 1 - args[1], -torch.stack(out).squeeze(2)
+
+
+def _random_cond(name, config, g):
+    """A random one-caption conditioning of the family's layout, 8 tokens long."""
+    if name == "flux1":
+        return {"t5": torch.randn(1, 8, config.joint_attention_dim, generator=g),
+                "pooled": torch.randn(1, config.pooled_projection_dim, generator=g)}
+    if name.startswith("flux2"):
+        return {"text": torch.randn(1, 8, config.joint_attention_dim, generator=g)}
+    if name == "z-image":
+        return {"text": torch.randn(1, 8, config.cap_feat_dim, generator=g), "mask": torch.ones(1, 8, dtype=torch.bool)}
+    return {"text": torch.randn(1, 8, config.joint_attention_dim, generator=g), "mask": torch.ones(1, 8).long()}
+
+
+# How to read the pipeline's own tensors in lookalike's latent layout [B, C, h, w]: a transformer call's
+# (z, σ, v), what `output_type="latent"` returns, and the side of a 64-px image's latents.
 LAYOUT = {
-    "flux1": dict(tokens=flux1.unpack_latents, sampled=lambda pipe, out, h, w: flux1.unpack_latents(out, h, w)),
-    "flux2-dev": dict(tokens=flux2.untokens, sampled=lambda pipe, out, h, w: flux2.untokens(out, h, w)),
-    "flux2-klein": dict(tokens=flux2.untokens, sampled=lambda pipe, out, h, w: flux2.normalise(pipe.vae, out)),
+    "flux1": dict(call=_keyword_call(flux1.unpack_latents), side=8,
+                  sampled=lambda pipe, out, h, w: flux1.unpack_latents(out, h, w)),
+    "flux2-dev": dict(call=_keyword_call(flux2.untokens), side=4,
+                      sampled=lambda pipe, out, h, w: flux2.untokens(out, h, w)),
+    "flux2-klein": dict(call=_keyword_call(flux2.untokens), side=4,
+                        sampled=lambda pipe, out, h, w: flux2.normalise(pipe.vae, out)),
+    "z-image": dict(call=_z_image_call, side=8, sampled=lambda pipe, out, h, w: out),
+    "qwen-image": dict(call=_keyword_call(flux1.unpack_latents), side=8,
+                       sampled=lambda pipe, out, h, w: flux1.unpack_latents(out, h, w)),
 }
 FAMILIES = list(LAYOUT)
 pytestmark = pytest.mark.usefixtures("one_thread")
-SETTINGS = dict(steps=3, guidance=3.5, width=64, height=64, max_sequence_length=32)
+SETTINGS = dict(steps=3, guidance=3.5, width=64, height=64, max_sequence_length=64)  # Z-Image's template is ~20 tokens
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -84,23 +117,22 @@ def test_predict_velocity_is_the_pipelines_own_transformer_call(family_dir):
 
     name, folder = family_dir
     family, pipe = get_family(name), _pipe(folder)
+    side = LAYOUT[name]["side"]
     calls = []
     hook = pipe.transformer.register_forward_hook(
-        lambda module, args, kwargs, out: calls.append((kwargs, out[0] if isinstance(out, tuple) else out.sample)),
+        lambda module, args, kwargs, out: calls.append(LAYOUT[name]["call"](args, kwargs, out, side, side)),
         with_kwargs=True)
     try:
         _draw(pipe, "Arthur as a wizard", seed=3)
     finally:
         hook.remove()
-    # a step after the first (σ < 1); with true CFG the conditional call comes first in each step
-    kwargs, theirs = next(c for c in calls if c[0]["timestep"].max() < 1)
+    # a step after the first (σ < 1); with true CFG the conditional row comes first in each step (its own call,
+    # or the first half of a doubled batch)
+    z, sigma, theirs = next(c for c in calls if c[1].max() < 1)
     (emb,) = encode_prompts(pipe, ["Arthur as a wizard"], SETTINGS["max_sequence_length"])
-    h = w = 64 // pipe.vae_scale_factor // (1 if name == "flux1" else 2)  # latent pixels; FLUX.2's patchified
-    to_ours = LAYOUT[name]["tokens"]
-    z = to_ours(kwargs["hidden_states"], h, w)
     with torch.no_grad():
-        ours = family.predict_velocity(pipe.transformer, z, kwargs["timestep"], emb.cond, SETTINGS["guidance"])
-    torch.testing.assert_close(ours, to_ours(theirs, h, w), rtol=1e-5, atol=1e-5)
+        ours = family.predict_velocity(pipe.transformer, z[:1], sigma[:1], emb.cond, SETTINGS["guidance"])
+    torch.testing.assert_close(ours, theirs[:1], rtol=1e-5, atol=1e-5)
 
 
 def test_same_seed_same_image_other_seed_other_image(family_dir):
@@ -111,7 +143,7 @@ def test_same_seed_same_image_other_seed_other_image(family_dir):
     assert (a - c).abs().mean() > 1.0
 
 
-def _random_lora(transformer, seed=1, scale=0.3):
+def _random_lora(transformer, seed=1, scale=0.6):
     """A LoRA on every target of the family's `attention` set with random A and B (B starts at 0 in peft)."""
     from lookalike.train.lora import add_lora
 
@@ -142,13 +174,10 @@ def _velocity(transformer, name, seed=0):
     g = torch.Generator().manual_seed(seed)
     family = get_family(name)
     cfg = transformer.config
-    channels = cfg.in_channels // (4 if name == "flux1" else 1)
-    side = 8 if name == "flux1" else 4
+    channels = cfg.in_channels // (4 if name in ("flux1", "qwen-image") else 1)  # those two pack 2x2 patches
+    side = LAYOUT[name]["side"]
     z = torch.randn(1, channels, side, side, generator=g)
-    text_dim = cfg.joint_attention_dim
-    cond = {"t5": torch.randn(1, 8, text_dim, generator=g), "pooled": torch.randn(1, cfg.pooled_projection_dim,
-                                                                                   generator=g)} \
-        if name == "flux1" else {"text": torch.randn(1, 8, text_dim, generator=g)}
+    cond = _random_cond(name, cfg, g)
     with torch.no_grad():
         return family.predict_velocity(transformer, z, torch.tensor([0.6]), cond, 3.5)
 

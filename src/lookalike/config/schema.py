@@ -175,7 +175,7 @@ class TrainConfig(_Section):
         "stays fp32 either way; measured costs in BENCHMARKS.md",
     )
     guidance: Float = Field(1.0, description="value fed to the guidance embedding during training (guidance-distilled "
-                           "models: FLUX.1, FLUX.2 [dev]; unused by FLUX.2 [klein])")
+                           "families: FLUX.1, FLUX.2 [dev]; refused for the others, which have no such embedding)")
     density: Literal["logit_normal", "uniform", "mode"] = Field(
         "logit_normal", description="distribution of the noise level sigma: logit_normal, uniform or mode"
     )
@@ -292,8 +292,13 @@ class GenerateConfig(_Section):
     """generate: the sampler settings for previews, the generate command and evaluation."""
 
     steps: Int = Field(28, ge=1, description="denoising steps")
-    guidance: Float = Field(3.5, ge=0, description="guidance when drawing: the value fed to the guidance embedding "
-                           "(FLUX.1, FLUX.2 [dev]) or the classifier-free guidance scale (FLUX.2 [klein])")
+    guidance: Float = Field(3.5, ge=0, description="the value fed to the guidance embedding when drawing, for "
+                           "guidance-distilled families (FLUX.1, FLUX.2 [dev]); the others use generate.cfg")
+    cfg: Float = Field(4.0, ge=1, description="classifier-free guidance scale w for families without a guidance "
+                       "embedding (FLUX.2 [klein], Z-Image, Qwen-Image): v = v(negative) + w·(v(prompt) - v(negative)); "
+                       "1 turns it off (one forward per step instead of two)")
+    negative_prompt: str = Field("", description="what classifier-free guidance steers away from (families without "
+                                 "a guidance embedding); default the empty prompt")
     width: Side = Field(1024, description="image width in pixels; a multiple of 16")
     height: Side = Field(1024, description="image height in pixels; a multiple of 16")
     seeds: list[Seed] = Field([0], min_length=1, description="one image per seed")

@@ -150,7 +150,7 @@ def encode_latent(vae, image, device, dtype, family=None) -> "torch.Tensor":  # 
 
 def build_cache(cfg, run: RunDir) -> CacheReport:
     """Encode what is not cached yet; write the index and the manifest. Loads no model if nothing changed."""
-    from lookalike.models.source import model_source, source_family, source_identity
+    from lookalike.models.source import model_and_family, source_identity
     from lookalike.runtime import training_runtime
 
     from lookalike.data.selection import current_selection, leave_out_hint
@@ -163,10 +163,9 @@ def build_cache(cfg, run: RunDir) -> CacheReport:
     grounding = find_grounding(cfg.dataset.grounding, cfg.dataset.trigger)
     photos += grounding
     check_dataset_size(len(photos), cfg)
-    source = model_source(cfg.model)
+    source, family = model_and_family(cfg)
     runtime = training_runtime(cfg)
     dtype_name = str(runtime.dtype).removeprefix("torch.")
-    family = source_family(source)
     index = _plan(cfg, photos, source_identity(source), dtype_name, grounding=len(grounding), leave_out=hint,
                   family=family.name)
     ensure_writable(run.root, "the run folder", "choose a run folder you can write to")

@@ -97,12 +97,13 @@ def load_for_eval(cfg, texts: list[str]):
     """The model loaded once, `texts` encoded once and the text encoders dropped (FLUX.1's T5 alone is
     ~9.5 GB): a `Prepared` pipeline on its device."""
     from lookalike.generate import prepare_pipeline, settings_from_config
-    from lookalike.models.source import model_source
+    from lookalike.models.source import model_and_family
     from lookalike.runtime import decide_runtime
 
+    source, _ = model_and_family(cfg)
     runtime = decide_runtime(cfg.runtime.device, cfg.runtime.dtype)
     log.info("evaluating on %s (%s)", runtime.device, runtime.reason)
-    return prepare_pipeline(model_source(cfg.model), runtime, texts, settings_from_config(cfg.generate))
+    return prepare_pipeline(source, runtime, texts, settings_from_config(cfg.generate))
 
 
 def with_lora(ready, path: Path, draw_fn):

@@ -89,9 +89,9 @@ class Family:
 
 
 def _registry() -> dict[str, Family]:
-    from lookalike.models import flux1, flux2
+    from lookalike.models import flux1, flux2, qwenimage, zimage
 
-    return {f.name: f for f in (flux1.FAMILY, flux2.DEV, flux2.KLEIN)}
+    return {f.name: f for f in (flux1.FAMILY, flux2.DEV, flux2.KLEIN, zimage.FAMILY, qwenimage.FAMILY)}
 
 
 _FAMILIES: dict[str, Family] | None = None
@@ -170,6 +170,40 @@ def target_set_names() -> list[str]:
     return list(dict.fromkeys(n for f in families().values() for n in f.lora_targets))
 
 
+# ---------------------------------------------------------------- settings that mean nothing for a family
+
+# The settings of each way of guiding. A family uses one way (`Family.guidance`); a setting of the other way,
+# changed from its default, would be silently ignored, so `check_settings` refuses it.
+GUIDANCE_SETTINGS = {
+    "embedded": ("generate.guidance", "train.guidance"),
+    "cfg": ("generate.cfg", "generate.negative_prompt"),
+}
+_HOW = {
+    "embedded": "its guidance is distilled into an embedding that generate.guidance (train.guidance when "
+                "training) feeds, so it draws with one forward per step and no negative prompt",
+    "cfg": "it has no guidance embedding and draws with true classifier-free guidance, set by generate.cfg "
+           "and generate.negative_prompt",
+}
+
+
+def check_settings(cfg, fam: Family) -> None:
+    """Refuse a setting of the way of guiding `fam` does not use, when it differs from its default: a
+    ConfigError naming the setting, the family and what to set instead."""
+    from lookalike.errors import ConfigError
+
+    for way, names in GUIDANCE_SETTINGS.items():
+        if way == fam.guidance:
+            continue
+        for name in names:
+            section, key = name.split(".")
+            values = getattr(cfg, section)
+            value, default = getattr(values, key), type(values).model_fields[key].default
+            if value != default:
+                raise ConfigError(f"{name} = {value!r} means nothing for {fam.title} (model.source = "
+                                  f"{cfg.model.source!r}): {_HOW[fam.guidance]}. Remove {name} (or set it back "
+                                  f"to {default!r})")
+
+
 # ---------------------------------------------------------------- conditionings, whatever is inside
 
 
@@ -182,20 +216,40 @@ def cond_rows(cond: Cond, index) -> Cond:
     return out
 
 
+def _padded(tensors: list, dim: int) -> list:
+    """`tensors` zero-padded at the end of `dim` to the longest. A family whose captions differ in length
+    (Z-Image, Qwen-Image) carries a mask in which 0 marks padding, so zeros are what padding means."""
+    import torch
+
+    longest = max(t.shape[dim] for t in tensors)
+    out = []
+    for t in tensors:
+        if t.shape[dim] < longest:
+            pad = list(t.shape)
+            pad[dim] = longest - t.shape[dim]
+            t = torch.cat([t, t.new_zeros(pad)], dim=dim)
+        out.append(t)
+    return out
+
+
 def cond_cat(conds) -> Cond:
-    """Conditionings of the same family stacked along the batch dimension."""
+    """Conditionings of the same family stacked along the batch dimension ([B_i, L_i, ...] -> [ΣB_i, max L_i,
+    ...]: sequences of different lengths are zero-padded, see `_padded`)."""
     import torch
 
     conds = list(conds)
-    return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+    return {k: torch.cat(_padded([c[k] for c in conds], 1) if conds[0][k].dim() > 1 else [c[k] for c in conds])
+            for k in conds[0]}
 
 
 def cond_stack(items) -> Cond:
-    """Per-item conditionings without a batch dimension ({name: [...]}) -> one batch {name: [B, ...]}."""
+    """Per-item conditionings without a batch dimension ({name: [L_i, ...]}) -> one batch {name: [B, max L_i,
+    ...]} (zero-padded, see `_padded`)."""
     import torch
 
     items = list(items)
-    return {k: torch.stack([c[k] for c in items]) for k in items[0]}
+    return {k: torch.stack(_padded([c[k] for c in items], 0) if items[0][k].dim() > 0 else [c[k] for c in items])
+            for k in items[0]}
 
 
 def cond_to(cond: Cond, device=None, dtype=None) -> Cond:

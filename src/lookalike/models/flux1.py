@@ -159,6 +159,13 @@ def build_pipeline(seed: int, transformer: dict, vae: dict, text_dim: int, text_
     )
 
 
+# The twin's AutoencoderKL: 16 latent channels and 8x downsampling like FLUX.1's VAE (Z-Image's twin shares it).
+TWIN_VAE = dict(latent_channels=16, down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
+                norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False,
+                shift_factor=VAE_SHIFT, scaling_factor=VAE_SCALE)
+
+
 def build_twin(seed: int = 0):
     """The tiny twin of FLUX.1-dev (~0.2M transformer parameters, ~0.1 s): same parts, classes and folder
     layout, 16 latent channels and 8x downsampling like FLUX's VAE, FLUX.1's dynamic shifting."""
@@ -166,10 +173,7 @@ def build_twin(seed: int = 0):
         seed,
         transformer=dict(in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=16,
                          num_attention_heads=2, axes_dims_rope=(4, 6, 6)),
-        vae=dict(latent_channels=16, down_block_types=("DownEncoderBlock2D",) * 4,
-                 up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
-                 norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False,
-                 shift_factor=VAE_SHIFT, scaling_factor=VAE_SCALE),
+        vae=TWIN_VAE,
         text_dim=32, text_ff=37, t5_kv=8, t5_buckets=8,
         scheduler=dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                        base_image_seq_len=256, max_image_seq_len=4096),

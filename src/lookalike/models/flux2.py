@@ -116,8 +116,9 @@ def sample_kwargs_dev(cond, negative, settings) -> dict:
 
 
 def sample_kwargs_klein(cond, negative, settings) -> dict:
-    """Flux2KleinPipeline (base): true CFG, v = v(∅) + g·(v(text) - v(∅)), with the empty prompt as negative."""
-    out = {"prompt_embeds": cond["text"], "guidance_scale": settings.guidance,
+    """Flux2KleinPipeline (base): true CFG at settings.cfg, v = v(neg) + w·(v(text) - v(neg)), with the negative
+    prompt (by default the empty one)."""
+    out = {"prompt_embeds": cond["text"], "guidance_scale": settings.cfg,
            "max_sequence_length": settings.max_sequence_length}
     if negative is not None:
         out["negative_prompt_embeds"] = negative["text"]
@@ -128,18 +129,9 @@ def save_comfy_lora(transformer, state, lora_config, path, meta):
     """`transformer.<diffusers name>.lora_A/B.weight` + `transformer.<name>.alpha` (the trained alpha): ComfyUI
     maps diffusers names onto FLUX.2's fused native weights itself (q/k/v -> qkv rows, to_qkv_mlp_proj ->
     linear1, single attn.to_out -> linear2) and scales by alpha / rank only from `.alpha` tensors."""
-    import torch
+    from lookalike.export import save_prefixed_lora
 
-    from lookalike.export import save_tensors
-
-    tensors = {}
-    for key, value in state.items():
-        name = key.removeprefix("transformer.")
-        tensors[f"transformer.{name}"] = value
-        module, sep, _ = name.partition(".lora_A.")
-        if sep:
-            tensors[f"transformer.{module}.alpha"] = torch.tensor(float(lora_config.lora_alpha))
-    return save_tensors(tensors, path, meta)
+    return save_prefixed_lora(state, lora_config.lora_alpha, "transformer.", path, meta)
 
 
 def build_klein_twin(seed: int = 0):

@@ -303,6 +303,17 @@ def model_source(model_cfg) -> ModelSource:
     return resolve_source(model_cfg.source, model_cfg.components, model_cfg.revision)
 
 
+def model_and_family(cfg):
+    """(ModelSource, Family) of the config's model, with the config's settings checked against the family
+    (a setting that means nothing for it is refused: `family.check_settings`)."""
+    from lookalike.models.family import check_settings
+
+    source = model_source(cfg.model)
+    family = source_family(source)
+    check_settings(cfg, family)
+    return source, family
+
+
 def source_identity(source: ModelSource) -> str:
     """A string that changes when the weights behind `source` may have changed, for cache keys.
 

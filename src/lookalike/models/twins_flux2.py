@@ -213,11 +213,11 @@ def _scheduler():
     )
 
 
-def _qwen3(tok):
+def _qwen3(tok, layers: int = QWEN3_LAYERS):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     return Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=len(tok), hidden_size=TEXT_WIDTH, intermediate_size=32, num_hidden_layers=QWEN3_LAYERS,
+        vocab_size=len(tok), hidden_size=TEXT_WIDTH, intermediate_size=32, num_hidden_layers=layers,
         num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=40960,
         rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
         bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"), eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),

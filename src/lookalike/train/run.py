@@ -177,7 +177,7 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
     from lookalike.data.cache import load_cache
     from lookalike.data.loader import BatchStream, make_plan
     from lookalike.models.quantize import apply_memory_mode, quantize_device
-    from lookalike.models.source import load_transformer, model_source, source_family
+    from lookalike.models.source import load_transformer, model_and_family
     from lookalike.runtime import training_runtime
     from lookalike.train import callbacks as cb
     from lookalike.train.lora import add_lora
@@ -189,8 +189,7 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
     folder = run.stage(STAGE)
     if resume and not run.resume_checkpoint.exists():
         raise ConfigError(f"--resume: {run.resume_checkpoint} does not exist; nothing to resume. Run without --resume")
-    source = model_source(cfg.model)
-    family = source_family(source)
+    source, family = model_and_family(cfg)
     data = load_cache(run, family.name)
     runtime = training_runtime(cfg)
     world = cfg.train.devices * cfg.train.num_nodes
