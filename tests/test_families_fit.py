@@ -29,7 +29,7 @@ def test_fit_then_generate_on_the_twin(preset, tmp_path):
     photos = make_photos(tmp_path / "photos", n=4)
     family = family_of_folder(ensure_twin(preset.removeprefix("tiny-")))
     cfg = load_config(None, preset=preset, overrides=[*steps_epochs(4, None), "train.sample_every=1",
-                                                      "train.checkpoint_every=2"])
+                                                      "train.checkpoint_every=2", "generate.negative_prompt=blurry"])
     cfg.dataset.photos, cfg.dataset.trigger = str(photos), "Arthur"
     rd = RunDir(tmp_path / "run")
     rd.config = cfg
@@ -44,8 +44,12 @@ def test_fit_then_generate_on_the_twin(preset, tmp_path):
     comfy = result.lora.with_name("lora-kohya.safetensors")
     loaded = comfy_rules.match_file(comfy, family.name, {n: m.out_features for n, m in _linear_names(family)})
     assert loaded.patches and not loaded.unloaded
-    # training drew preview images of the live model
+    # training drew preview images of the live model, against the negative prompt cached for them
     assert list(rd.root.glob("train/samples/epoch-*/*.png")), sorted(str(p) for p in rd.root.rglob("*.png"))
+    from lookalike.data.cache import load_cache
+
+    negative = load_cache(rd, family.name).negative
+    assert negative.prompt == "blurry" and negative.cond["mask"].shape[0] == 1
 
     # the run's LoRA draws, and draws something else than the base on the same seed
     def draw(loras, folder):

@@ -140,6 +140,11 @@ class DatasetConfig(_Section):
         "it (prior preservation: captions without the trigger keep drawing what they drew before); photo = the "
         "photo itself, like the person's photos",
     )
+    class_phrase: str | None = Field(
+        None, description="what the person is, in the words a caption would use without knowing them ('a man', "
+        "'a woman', 'a boy'): replaces the trigger in each caption for class-prior preservation "
+        "(train.class_prior_weight)",
+    )
     missing_trigger: Literal["refuse", "warn"] = Field(
         "refuse", description="captions that do not contain the trigger word: refuse to train, or warn and go on"
     )
@@ -196,6 +201,16 @@ class TrainConfig(_Section):
     max_grad_norm: Float = Field(1.0, ge=0, description="clip the LoRA gradients to this norm (0: no clipping)")
     grounding_weight: Float = Field(
         1.0, ge=0, description="loss weight of the grounding photos (dataset.grounding) against the person's photos"
+    )
+    class_prior_weight: Float = Field(
+        0.0, ge=0, description="class-prior preservation: each photo's caption with the trigger replaced by "
+        "dataset.class_phrase is trained, on the same noisy latent, towards what the base model (LoRA off) "
+        "predicts for it, at this loss weight; 0: off. Against 'everyone looks like me' (ai-toolkit's "
+        "Differential Output Preservation)",
+    )
+    blank_prior_weight: Float = Field(
+        0.0, ge=0, description="blank-prompt preservation: the empty caption on each photo's noisy latent is "
+        "trained towards the base model's prediction at this loss weight; 0: off",
     )
     caption_dropout: Float = Field(
         0.0, ge=0, le=1,

@@ -9,7 +9,8 @@
 A latent's key hashes the image bytes, the crop and size, the model and the dtype; a text key hashes
 the caption, the model, the dtype and the token count. Re-running encodes only the keys whose file
 is missing: change one caption and exactly one text is encoded again. The empty caption (for caption
-dropout) and the preview prompts are cached the same way. The encoders are freed afterwards.
+dropout), the preview prompts and `generate.negative_prompt` (the previews' negative for families with
+true classifier-free guidance, when one is set) are cached the same way. The encoders are freed afterwards.
 
 An index written before model families existed has no `family` entry: only FLUX.1 was trained then,
 so it is read as FLUX.1's (its text files hold exactly what FLUX.1's conditioning holds). An index of
@@ -23,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +61,12 @@ def upright_size(path: Path, leave_out: str) -> tuple[int, int]:
         return usable_size(path)
     except PhotoRejected as e:
         raise ConfigError(f"photo {str(path)!r} cannot be used: {e.reason}; {leave_out}") from None
+
+
+def class_caption(caption: str, trigger: str, phrase: str) -> str:
+    """The caption as it would read without knowing the person: every whole-word trigger replaced by the class
+    phrase ("Arthur, smiling, with Arthur's dog" -> "a man, smiling, with a man's dog")."""
+    return re.sub(rf"(?<!\w){re.escape(trigger)}(?!\w)", phrase, caption)
 
 
 def preview_prompts(cfg) -> list[str]:
@@ -112,13 +120,21 @@ def _plan(cfg, photos: list[Photo], model: str, dtype: str, grounding: int = 0, 
             "grounding": i >= len(photos) - grounding,
             "latent": latent_key(sha, size, model, dtype), "text": text_key(p.caption, model, dtype, msl),
         })
+        if cfg.train.class_prior_weight:  # class-prior preservation: the caption with the class phrase
+            items[-1]["class_caption"] = class_caption(p.caption, cfg.dataset.trigger, cfg.dataset.class_phrase)
+            items[-1]["class_text"] = text_key(items[-1]["class_caption"], model, dtype, msl)
     prompts = preview_prompts(cfg)
-    return {
+    index = {
         "version": CACHE_VERSION, "family": family, "model": model, "dtype": dtype, "max_sequence_length": msl,
         "items": items,
         "empty": text_key("", model, dtype, msl),
         "prompts": [{"prompt": p, "text": text_key(p, model, dtype, cfg.generate.max_sequence_length)} for p in prompts],
     }
+    negative = cfg.generate.negative_prompt  # the previews' negative (true-CFG families); else the empty caption
+    if negative:
+        index["negative"] = {"prompt": negative,
+                             "text": text_key(negative, model, dtype, cfg.generate.max_sequence_length)}
+    return index
 
 
 def _save(tensors: dict, path: Path) -> None:
@@ -163,6 +179,9 @@ def build_cache(cfg, run: RunDir) -> CacheReport:
     grounding = find_grounding(cfg.dataset.grounding, cfg.dataset.trigger)
     photos += grounding
     check_dataset_size(len(photos), cfg)
+    if cfg.train.class_prior_weight and not (cfg.dataset.class_phrase or "").strip():
+        raise ConfigError(f"train.class_prior_weight = {cfg.train.class_prior_weight} needs dataset.class_phrase: "
+                          "what the person is in a caption's words, e.g. --set dataset.class_phrase='a man'")
     source, family = model_and_family(cfg)
     runtime = training_runtime(cfg)
     dtype_name = str(runtime.dtype).removeprefix("torch.")
@@ -171,8 +190,9 @@ def build_cache(cfg, run: RunDir) -> CacheReport:
     ensure_writable(run.root, "the run folder", "choose a run folder you can write to")
     folder = run.stage(STAGE)
     texts = {it["text"]: it["caption"] for it in index["items"]}
+    texts.update({it["class_text"]: it["class_caption"] for it in index["items"] if "class_text" in it})
     texts[index["empty"]] = ""
-    prompt_texts = {p["text"]: p["prompt"] for p in index["prompts"]}
+    prompt_texts = {p["text"]: p["prompt"] for p in index["prompts"] + [index.get("negative")] if p}
     todo_latents = {it["latent"]: it for it in index["items"] if not (folder / "latents" / f"{it['latent']}.safetensors").exists()}
     todo_texts = {k: v for k, v in texts.items() if not (folder / "text" / f"{k}.safetensors").exists()}
     todo_prompts = {k: v for k, v in prompt_texts.items() if not (folder / "text" / f"{k}.safetensors").exists()}
@@ -231,6 +251,7 @@ class Cached:
     latent: "torch.Tensor"  # noqa: F821
     cond: dict
     grounding: bool = False  # a photo of other people (dataset.grounding), not of the person
+    class_cond: dict | None = None  # its caption with the class phrase for the trigger (class-prior preservation)
 
 
 @dataclass
@@ -243,6 +264,7 @@ class CachedSet:
     prompts: list  # PromptEmbedding, cond {name: [1, ...]}
     dtype: str
     family: str = "flux1"
+    negative: object = None  # PromptEmbedding of generate.negative_prompt when one is set, else None
 
 
 def load_cache(run: RunDir, family: str | None = None) -> CachedSet:
@@ -266,7 +288,8 @@ def load_cache(run: RunDir, family: str | None = None) -> CachedSet:
 
     def item(it):
         latent = load_file(str(folder / "latents" / f"{it['latent']}.safetensors"))["latent"]
-        return Cached(it["photo"], it["caption"], latent, text(it["text"]), bool(it.get("grounding", False)))
+        return Cached(it["photo"], it["caption"], latent, text(it["text"]), bool(it.get("grounding", False)),
+                      text(it["class_text"]) if "class_text" in it else None)
 
     items = index["items"]
     prompts = [PromptEmbedding(p["prompt"], {k: v[None] for k, v in text(p["text"]).items()})
@@ -278,4 +301,6 @@ def load_cache(run: RunDir, family: str | None = None) -> CachedSet:
         prompts=prompts,
         dtype=index["dtype"],
         family=written,
+        negative=PromptEmbedding(neg["prompt"], {k: v[None] for k, v in text(neg["text"]).items()})
+        if (neg := index.get("negative")) else None,
     )

@@ -86,15 +86,17 @@ class BatchStream(torch.utils.data.IterableDataset):
     """An endless stream of batch dicts starting at micro-batch `start`; the trainer stops at max_steps.
 
     Each dict: latents [B, C, h, w], cond (the family's text conditioning, {name: [B, ...]}), grounding
-    [B] bool (photos of other people), index (micro-batch number), epoch. With probability
-    `caption_dropout` an item's text is replaced by the cached empty caption.
+    [B] bool (photos of other people), index (micro-batch number), epoch; class_cond (each item's class
+    caption, when the items carry one) and, with `blank`, the empty caption once per item (for the
+    preservation losses). With probability `caption_dropout` an item's text is replaced by the cached
+    empty caption.
     """
 
     def __init__(self, items, empty, plan: Plan, batch_size: int, seed: int, rank: int = 0,
-                 start: int = 0, caption_dropout: float = 0.0):
+                 start: int = 0, caption_dropout: float = 0.0, blank: bool = False):
         self.items, self.empty, self.plan = items, empty, plan
         self.batch_size, self.seed, self.rank, self.start = batch_size, seed, rank, start
-        self.caption_dropout = caption_dropout
+        self.caption_dropout, self.blank = caption_dropout, blank
         self.sizes = [tuple(it.latent.shape[-2:]) for it in items]
         self._epoch: tuple[int, list[list[int]]] | None = None  # (epoch, this rank's batches)
 
@@ -111,13 +113,18 @@ class BatchStream(torch.utils.data.IterableDataset):
         idx = self._rank_batches(epoch)[j]
         drop = random.Random(f"{self.seed}:dropout:{self.rank}:{m}")
         texts = [self.empty if drop.random() < self.caption_dropout else self.items[i].cond for i in idx]
-        return {
+        out = {
             "latents": torch.stack([self.items[i].latent for i in idx]).float(),
             "cond": cond_stack(texts),
             "grounding": torch.tensor([self.items[i].grounding for i in idx], dtype=torch.bool),
             "index": torch.tensor(m),
             "epoch": torch.tensor(epoch),
         }
+        if all(getattr(self.items[i], "class_cond", None) is not None for i in idx):
+            out["class_cond"] = cond_stack([self.items[i].class_cond for i in idx])
+        if self.blank:
+            out["blank"] = cond_stack([self.empty] * len(idx))
+        return out
 
     def __iter__(self):
         m = self.start

@@ -139,4 +139,4 @@ class LoraModule(L.LightningModule):
 
 
 def as_batch(batch: dict, prior: torch.Tensor | None = None) -> Batch:
-    return Batch(batch["latents"], batch["cond"], prior)
+    return Batch(batch["latents"], batch["cond"], prior, batch.get("class_cond"), batch.get("blank"))

@@ -204,7 +204,7 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
 
     def make_loader(start: int, rank: int):
         stream = BatchStream(data.train, data.empty, plan, cfg.train.batch_size, cfg.runtime.seed, rank, start,
-                             cfg.train.caption_dropout)
+                             cfg.train.caption_dropout, blank=cfg.train.blank_prior_weight > 0)
         return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
 
     def save_snapshot(step: int) -> Path:
@@ -214,9 +214,10 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
         from lookalike.generate import PromptEmbedding, prepare_pipeline, settings_from_config
         from lookalike.train.previews import PreviewSampler
 
-        empty = PromptEmbedding("", {k: v[None] for k, v in data.empty.items()})
+        # the negative prompt the family samples against (generate.negative_prompt, else the empty caption)
+        negative = data.negative or PromptEmbedding("", {k: v[None] for k, v in data.empty.items()})
         ready = prepare_pipeline(source, runtime, [], settings_from_config(cfg.generate), transformer=transformer,
-                                 embeddings=data.prompts, negative=empty)
+                                 embeddings=data.prompts, negative=negative)
         return PreviewSampler(ready, cfg.generate.seeds, {"model": cfg.model.source, "run": str(run.root)})
 
     accum, total = plan.accumulation, plan.total_steps

@@ -24,11 +24,15 @@ class Batch:
 
     prior: [B] bool or None: items whose target is the base model's own prediction (grounding photos
     with `dataset.grounding_target=base`) instead of the photo's velocity ε - z.
+    class_cond: each item's caption with the trigger replaced by the class phrase ({name: [B, ...]}), for
+    class-prior preservation; blank: the empty caption repeated B times, for blank-prompt preservation.
     """
 
     latents: torch.Tensor
     cond: dict
     prior: torch.Tensor | None = None
+    class_cond: dict | None = None
+    blank: dict | None = None
 
     def rows(self, index) -> "Batch":
         """The items at `index` (a [B] bool mask or a slice)."""
@@ -77,6 +81,17 @@ def prior_velocity(transformer, z_sigma: torch.Tensor, sigma: torch.Tensor, batc
         return predict_velocity(transformer, z_sigma, sigma, batch, guidance).float()
 
 
+def preservation_loss(transformer, z_sigma: torch.Tensor, sigma: torch.Tensor, cond: dict, guidance: float,
+                      weights: torch.Tensor) -> torch.Tensor:
+    """The LoRA held to the base model on one conditioning: the weighted squared error between the
+    prediction with the LoRA and without it (no gradient) on the same noisy latents z_σ [B, C, H, W].
+    Exactly 0 for a LoRA that changes nothing. -> scalar."""
+    family = family_of_module(transformer)
+    with torch.no_grad(), lora_disabled(transformer):
+        target = family.predict_velocity(transformer, z_sigma, sigma, cond, guidance).float()
+    return flow_matching_loss(family.predict_velocity(transformer, z_sigma, sigma, cond, guidance), target, weights)
+
+
 def _loss_at(transformer, batch: Batch, noise: torch.Tensor, sigma: torch.Tensor, guidance: float,
              weights: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
     """Noise the latents to σ, predict the velocity, and weight its squared error against `target`
@@ -90,7 +105,10 @@ def training_loss(transformer, batch: Batch, train, generator: torch.Generator |
     """Sample σ and ε for the batch and compute the weighted loss. `train`: the config's train section.
 
     Items marked in `batch.prior` are trained towards the base model's prediction (see prior_velocity),
-    weighted by `train.grounding_weight`; the others towards v = ε - z. Returns (loss, σ [B]).
+    weighted by `train.grounding_weight`; the others towards v = ε - z. With `batch.class_cond` and
+    `train.class_prior_weight`, plus that weight times `preservation_loss` on the class captions; with
+    `batch.blank` and `train.blank_prior_weight`, the same on the empty caption (both on the photos' own
+    noisy latents, at the same σ). Returns (loss, σ [B]).
     """
     z = batch.latents
     sigma = sample_sigmas(
@@ -105,7 +123,14 @@ def training_loss(transformer, batch: Batch, train, generator: torch.Generator |
         target[prior] = prior_velocity(transformer, noisy_latents(z, noise, sigma)[prior], sigma[prior],
                                        batch.rows(prior), train.guidance)
         weights = torch.where(prior.to(weights.device), weights * train.grounding_weight, weights)
-    return _loss_at(transformer, batch, noise, sigma, train.guidance, weights, target), sigma
+    loss = _loss_at(transformer, batch, noise, sigma, train.guidance, weights, target)
+    preserved = [(train.class_prior_weight, batch.class_cond), (train.blank_prior_weight, batch.blank)]
+    if any(w and cond is not None for w, cond in preserved):
+        z_sigma = noisy_latents(z, noise, sigma)
+        for weight, cond in preserved:
+            if weight and cond is not None:
+                loss = loss + weight * preservation_loss(transformer, z_sigma, sigma, cond, train.guidance, weights)
+    return loss, sigma
 
 
 def fixed_noise_loss(transformer, batch: Batch, sigmas: torch.Tensor, guidance: float, seed: int = 0,
