@@ -120,7 +120,7 @@ class BatchStream(torch.utils.data.IterableDataset):
             "index": torch.tensor(m),
             "epoch": torch.tensor(epoch),
         }
-        if all(getattr(self.items[i], "class_cond", None) is not None for i in idx):
+        if all(getattr(self.items[i], "class_cond", None) is not None for i in idx):  # items without one: none
             out["class_cond"] = cond_stack([self.items[i].class_cond for i in idx])
         if self.blank:
             out["blank"] = cond_stack([self.empty] * len(idx))

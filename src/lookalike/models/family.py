@@ -217,8 +217,9 @@ def cond_rows(cond: Cond, index) -> Cond:
 
 
 def _padded(tensors: list, dim: int) -> list:
-    """`tensors` zero-padded at the end of `dim` to the longest. A family whose captions differ in length
-    (Z-Image, Qwen-Image) carries a mask in which 0 marks padding, so zeros are what padding means."""
+    """`tensors` zero-padded at the end of `dim` to the longest. Only for a conditioning with a "mask" (Z-Image,
+    Qwen-Image: captions differ in length, 0 marks padding, so zeros are what padding means); the callers
+    leave mask-less ones (FLUX) as they are, where a length mismatch is an error."""
     import torch
 
     longest = max(t.shape[dim] for t in tensors)
@@ -234,21 +235,23 @@ def _padded(tensors: list, dim: int) -> list:
 
 def cond_cat(conds) -> Cond:
     """Conditionings of the same family stacked along the batch dimension ([B_i, L_i, ...] -> [ΣB_i, max L_i,
-    ...]: sequences of different lengths are zero-padded, see `_padded`)."""
+    ...]: a conditioning with a mask zero-pads sequences of different lengths, see `_padded`)."""
     import torch
 
     conds = list(conds)
-    return {k: torch.cat(_padded([c[k] for c in conds], 1) if conds[0][k].dim() > 1 else [c[k] for c in conds])
+    pad = "mask" in conds[0]
+    return {k: torch.cat(_padded([c[k] for c in conds], 1) if pad and conds[0][k].dim() > 1 else [c[k] for c in conds])
             for k in conds[0]}
 
 
 def cond_stack(items) -> Cond:
     """Per-item conditionings without a batch dimension ({name: [L_i, ...]}) -> one batch {name: [B, max L_i,
-    ...]} (zero-padded, see `_padded`)."""
+    ...]} (with a mask: zero-padded, see `_padded`)."""
     import torch
 
     items = list(items)
-    return {k: torch.stack(_padded([c[k] for c in items], 0) if items[0][k].dim() > 0 else [c[k] for c in items])
+    pad = "mask" in items[0]
+    return {k: torch.stack(_padded([c[k] for c in items], 0) if pad and items[0][k].dim() > 0 else [c[k] for c in items])
             for k in items[0]}
 
 

@@ -86,10 +86,9 @@ def preservation_loss(transformer, z_sigma: torch.Tensor, sigma: torch.Tensor, c
     """The LoRA held to the base model on one conditioning: the weighted squared error between the
     prediction with the LoRA and without it (no gradient) on the same noisy latents z_σ [B, C, H, W].
     Exactly 0 for a LoRA that changes nothing. -> scalar."""
-    family = family_of_module(transformer)
-    with torch.no_grad(), lora_disabled(transformer):
-        target = family.predict_velocity(transformer, z_sigma, sigma, cond, guidance).float()
-    return flow_matching_loss(family.predict_velocity(transformer, z_sigma, sigma, cond, guidance), target, weights)
+    inputs = Batch(z_sigma, cond)
+    target = prior_velocity(transformer, z_sigma, sigma, inputs, guidance)
+    return flow_matching_loss(predict_velocity(transformer, z_sigma, sigma, inputs, guidance), target, weights)
 
 
 def _loss_at(transformer, batch: Batch, noise: torch.Tensor, sigma: torch.Tensor, guidance: float,
@@ -124,12 +123,11 @@ def training_loss(transformer, batch: Batch, train, generator: torch.Generator |
                                        batch.rows(prior), train.guidance)
         weights = torch.where(prior.to(weights.device), weights * train.grounding_weight, weights)
     loss = _loss_at(transformer, batch, noise, sigma, train.guidance, weights, target)
-    preserved = [(train.class_prior_weight, batch.class_cond), (train.blank_prior_weight, batch.blank)]
-    if any(w and cond is not None for w, cond in preserved):
-        z_sigma = noisy_latents(z, noise, sigma)
-        for weight, cond in preserved:
-            if weight and cond is not None:
-                loss = loss + weight * preservation_loss(transformer, z_sigma, sigma, cond, train.guidance, weights)
+    preserved = [(w, cond) for w, cond in ((train.class_prior_weight, batch.class_cond),
+                                           (train.blank_prior_weight, batch.blank)) if w and cond is not None]
+    z_sigma = noisy_latents(z, noise, sigma) if preserved else None
+    for weight, cond in preserved:
+        loss = loss + weight * preservation_loss(transformer, z_sigma, sigma, cond, train.guidance, weights)
     return loss, sigma
 
 
