@@ -6,6 +6,7 @@ A `LookalikeError` is a user mistake: it is printed as one clear message, withou
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -185,7 +186,21 @@ def _prepare_run(run: Path, photos, trigger, preset, config, overrides, resume: 
         from lookalike.rundir import RunDir
 
         return load_config(RunDir(run).config_path), RunDir(run)
+    _hold(run)
     return prepare_run(run, photos, trigger, preset, config, list(overrides or []), resume=resume, training=training)
+
+
+_held = contextlib.ExitStack()  # the run folder locks this command holds; `main` releases them when it ends
+
+
+def _hold(run: Path) -> None:
+    """Hold RUN's write lock until this command ends: a second command writing the same run (another
+    terminal, the web app's job) is refused with who holds it (lookalike.rundir.hold)."""
+    import shlex
+
+    from lookalike.rundir import hold
+
+    _held.enter_context(hold(run, shlex.join(["lookalike", *sys.argv[1:]])))
 
 
 @app.command()
@@ -436,6 +451,7 @@ def _run_config(run: Path, overrides):
     if not rd.config_path.is_file():
         what = "does not exist" if not rd.root.exists() else f"is not a run folder (no {rd.config_path.name})"
         raise ConfigError(f"{run} {what}; give the folder `lookalike train` (or `demo`) wrote, e.g. runs/arthur")
+    _hold(run)
     return rd, load_config(rd.config_path, overrides=list(overrides or []))
 
 
@@ -587,6 +603,28 @@ def toy_scorer(
     print(json.dumps(report, indent=1))
 
 
+@app.command("app")
+def web_app(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on. Anything but loopback needs a password."),
+    port: int = typer.Option(7860, help="Port to listen on."),
+    runs: Path = typer.Option(Path("runs"), help="The folder of run folders the app shows and creates."),
+    password_env: str = typer.Option("LOOKALIKE_APP_PASSWORD", help="Environment variable holding the password "
+                                     "(user: lookalike); required for any --host but loopback."),
+    max_upload_mb: int = typer.Option(500, min=1, help="Largest upload (a photo or a zip, unpacked) in MB."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="A setting for every run the app creates, e.g. "
+                                             "--set train.sample_every=5 (repeatable)."),
+) -> None:
+    """A local web page: drop photos in, check and caption them, train, watch, evaluate, generate."""
+    from lookalike.app.ui import check_host, serve
+
+    import os
+
+    check_host(host, os.environ.get(password_env))  # before Gradio loads: a refusal is instant
+    console.print(f"lookalike app on http://{host}:{port} (runs in {runs.resolve()}); Ctrl-C to stop the page "
+                  "(running jobs go on)", markup=False, highlight=False, soft_wrap=True)
+    serve(host, port, runs, list(set_ or []), password_env, max_upload_mb)
+
+
 @app.command("config")
 def show_config(
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
@@ -618,7 +656,8 @@ def main() -> None:
     from rich.markup import escape
 
     try:
-        app()
+        with _held:
+            app()
     except LookalikeError as e:
         label = "stopped" if e.exit_code == 130 else "error"
         console.print(f"[bold red]{label}:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)

@@ -11,6 +11,8 @@
       report.html
       generate/<stamp>/              images, grid.png, manifest.json   (one folder per `generate` call)
       <stage>/manifest.json          what the stage did, with which inputs, and when
+      .lock                          held (flock) by the one command writing the run; says who it is
+      app/jobs/<id>.json, .log       jobs the web app started (`lookalike app`): command, pid, exit code
 
 Stages hand off through these files only, so any stage can be rerun alone. Every path a stage reads
 from another stage is spelled here, once.
@@ -25,6 +27,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from lookalike.errors import LookalikeError
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
@@ -64,6 +68,91 @@ def ensure_writable(folder: Path, what: str, fix: str) -> None:
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise ConfigError(f"{what} {str(folder)!r} is not writable ({reason}); {fix}") from None
+
+
+LOCK = ".lock"
+
+
+class RunBusy(LookalikeError):
+    """Another process is writing the run folder (see `hold`)."""
+
+
+def _read_holder(root: Path) -> dict:
+    try:
+        return json.loads((root / LOCK).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def lock_holder(root: str | Path) -> dict | None:
+    """Who writes the run folder now ({"pid", "command", "since"}), or None when nobody does. The lock
+    is an flock on the folder itself, so a process that died, however it died, holds nothing."""
+    import fcntl
+
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_holder(root)
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return None
+
+
+def describe_holder(holder: dict) -> str:
+    return f"`{holder.get('command', 'another command')}` (pid {holder.get('pid', '?')}, since {holder.get('since', '?')})"
+
+
+class hold:  # noqa: N801 - used as `with hold(root, command):`
+    """Hold the run folder's write lock while a command writes it; a second writer is refused at once.
+
+    The lock is an flock on the folder (so it goes with its process, however that ends); RUN/.lock says
+    who holds it and is removed on release, so a refused command leaves the folder as it was. A folder
+    that does not exist yet is not locked. Re-entrant inside one process.
+    """
+
+    _held: dict[Path, int] = {}
+
+    def __init__(self, root: str | Path, command: str):
+        self.root = Path(root).resolve()
+        self.command = command
+        self.fd: int | None = None
+
+    def __enter__(self):
+        import fcntl
+
+        if self.root in hold._held:
+            hold._held[self.root] += 1
+            return self
+        if not self.root.is_dir():
+            return self
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunBusy(f"{self.root} is being written by {describe_holder(_read_holder(self.root))}; wait for "
+                          "it to end (or stop it), then try again") from None
+        self.fd = fd
+        hold._held[self.root] = 1
+        try:
+            write_json_atomic(self.root / LOCK, {"pid": os.getpid(), "command": self.command,
+                                                 "since": datetime.now().isoformat(timespec="seconds")})
+        except OSError:
+            pass  # a read-only folder: the stage itself will say so
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.root not in hold._held:
+            return
+        hold._held[self.root] -= 1
+        if hold._held[self.root] == 0:
+            del hold._held[self.root]
+            (self.root / LOCK).unlink(missing_ok=True)
+            os.close(self.fd)  # releases the flock
 
 
 class RunDir:

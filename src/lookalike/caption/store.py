@@ -69,6 +69,13 @@ class CaptionStore:
     def get(self, photo: str) -> Record | None:
         return self.records.get(photo)
 
+    def forget(self, photo: str) -> None:
+        """Drop a photo's record (the next caption run asks for it again)."""
+        with self._lock:
+            if self.records.pop(photo, None) is not None:
+                lines = [json.dumps(asdict(r), ensure_ascii=False) for _, r in sorted(self.records.items())]
+                write_text_atomic(self.path, "".join(line + "\n" for line in lines))
+
     def put(self, record: Record, txt: Path | None = None) -> None:
         """Save `record` (the whole file, atomically), then its caption to `txt` if given."""
         with self._lock:

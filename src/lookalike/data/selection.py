@@ -67,6 +67,18 @@ def write_lists_template(rd: RunDir) -> None:
         write_text_atomic(rd.selection_path, TEMPLATE)
 
 
+def write_lists(rd: RunDir, include: list[str], exclude: list[str]) -> None:
+    """RUN/photos.yaml with these lists under the template's explanations (the web app's photo ticks)."""
+    import json
+
+    from lookalike.caption.store import write_text_atomic
+
+    rd.root.mkdir(parents=True, exist_ok=True)
+    head = TEMPLATE.split("include:")[0]
+    write_text_atomic(rd.selection_path, f"{head}include: {json.dumps(sorted(include))}\n"
+                                         f"exclude: {json.dumps(sorted(exclude))}\n")
+
+
 def read_lists(rd: RunDir) -> tuple[list[str], list[str]]:
     """(include, exclude) from RUN/photos.yaml; both empty when it does not exist."""
     import yaml

@@ -236,7 +236,7 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
                                         folder / "samples", folder))
     attempt = _next_attempt(folder / "logs" / "csv")
     loggers = [TensorBoardLogger(folder / "logs" / "tensorboard", name="", version=attempt, default_hp_metric=False),
-               CSVLogger(folder / "logs" / "csv", name="", version=attempt)]
+               CSVLogger(folder / "logs" / "csv", name="", version=attempt, flush_logs_every_n_steps=10)]  # the app's live curves
     trainer = L.Trainer(
         accelerator="cpu" if runtime.device.type == "cpu" else "gpu",
         devices=cfg.train.devices, num_nodes=cfg.train.num_nodes, strategy=cfg.train.strategy,
