@@ -42,6 +42,11 @@ img.grid{image-rendering:pixelated;max-width:100%} .row{display:flex;flex-wrap:w
 MEMORY_MODES = ["balanced", "low", "lowest"]
 
 
+def _sets(overrides) -> list[str]:
+    """Settings as the verbs' `--set k=v` arguments."""
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
 def check_host(host: str, password: str | None) -> None:
     """Loopback is served as it is; any other address only behind a password."""
     try:
@@ -95,7 +100,8 @@ class App:
                               "in captions and prompts")
         if preset:
             command += ["--preset", preset]
-        command += [x for o in self.overrides for x in ("--set", o)] if not rd.config_path.is_file() else []
+        if not rd.config_path.is_file():  # the app's --set, for the runs it creates
+            command += _sets(self.overrides)
         job = jobs.start(rd, command)
         return f"checking the photos: {job.name} (pid {job.pid})"
 
@@ -137,9 +143,7 @@ class App:
     def caption_start(self, run, provider, model, base_url, key_env, env_file) -> str:
         rd = self.rd(run)
         views.run_config(rd)
-        command = ["caption", str(rd.root)]
-        for o in self.caption_overrides(provider, model, base_url, key_env):
-            command += ["--set", o]
+        command = ["caption", str(rd.root), *_sets(self.caption_overrides(provider, model, base_url, key_env))]
         if env_file:
             command += ["--env-file", str(Path(env_file).expanduser())]
         job = jobs.start(rd, command)
@@ -192,9 +196,8 @@ class App:
         if rd.training_started:
             raise ConfigError(f"{rd.root} has already started training; press Resume to continue it, or name a new "
                               "run at the top")
-        command = ["train", str(rd.root)] + (["--preset", preset] if preset else [])
-        for o in self.train_overrides(steps, epochs, rank, lr, memory):
-            command += ["--set", o]
+        command = ["train", str(rd.root), *(["--preset", preset] if preset else []),
+                   *_sets(self.train_overrides(steps, epochs, rank, lr, memory))]
         job = jobs.start(rd, command)
         return f"training: {job.name} (pid {job.pid})"
 
@@ -210,9 +213,7 @@ class App:
         rd = self.rd(run)
         if not rd.resume_checkpoint.is_file():
             raise ConfigError(f"{rd.root} has no training to resume ({rd.resume_checkpoint} is missing); press Start")
-        command = ["train", str(rd.root), "--resume"]
-        for o in self.train_overrides(steps, epochs, None, lr, None):
-            command += ["--set", o]
+        command = ["train", str(rd.root), "--resume", *_sets(self.train_overrides(steps, epochs, None, lr, None))]
         job = jobs.start(rd, command)
         return f"resuming: {job.name} (pid {job.pid})"
 
@@ -268,9 +269,9 @@ def _stamp(*paths: Path) -> str:
     return ",".join(out)
 
 
-def signatures(rd: RunDir) -> dict[str, str]:
-    """Per group of views, what it is drawn from: a group is redrawn only when its files changed."""
-    job = jobs.latest(rd)
+def signatures(rd: RunDir, job) -> dict[str, str]:
+    """Per group of views, what it is drawn from (and the run's latest job): a group is redrawn only when
+    its files changed."""
     job_sig = f"{job.path.name}:{job.state()}" if job else "-"
     photos = Path(views.run_config(rd).dataset.photos) if rd.config_path.is_file() else rd.root / "photos"
     common = _stamp(rd.config_path, rd.selection_path, rd.doctor_record)
@@ -415,7 +416,7 @@ def build(app: App):
                 return [link, views.results_html(rd), views.downloads(rd) or None]
             return list(views.generated(rd))
 
-        def refresh(run_name, current_photo=None, last: str = "") -> tuple[list, str]:
+        def refresh(run_name, current_photo=None, last: str = "", job=None) -> tuple[list, str]:
             """(values of every view, the signatures drawn from); unchanged groups are skipped."""
             rd = app.rd(run_name) if run_name else None
             if rd is None or not rd.root.is_dir():
@@ -423,7 +424,7 @@ def build(app: App):
                          "captions": [[], gr.update(choices=[], value=None)], "training": [empty, empty],
                          "results": ["", empty, None], "generate": [[], ""]}
                 return [v for g in groups for v in blank[g]], ""
-            now = signatures(rd)
+            now = signatures(rd, job if job is not None else jobs.latest(rd))
             before = json.loads(last) if isinstance(last, str) and last.startswith("{") else {}
             values = []
             for group, comps in groups.items():
@@ -433,22 +434,23 @@ def build(app: App):
                     values += draw_group(group, rd, current_photo)
             return values, json.dumps(now)
 
-        def job_view(run_name):
+        def job_view(run_name, job):
             if not run_name:
                 return "No run chosen: name one at the top.", ""
-            rd = app.rd(run_name)
-            job = jobs.latest(rd)
             if job is None:
-                return f"No job has run in {rd.root} yet.", ""
-            status = views.training_status(rd)
-            step = f"; training step {status['step']}" if job.commands[0][0] == "train" and status["step"] else ""
+                return f"No job has run in {app.rd(run_name).root} yet.", ""
+            step = ""
+            if job.commands[0][0] == "train" and job.running:  # the CSV log is read only while training
+                done = views.training_status(app.rd(run_name))["step"]
+                step = f"; training step {done}" if done else ""
             line = f"**{job.state()}**: `{' && '.join(shlex.join(['lookalike', *c]) for c in job.commands)}` " \
                    f"(started {job.started}{step})"
             return line, job.tail()
 
         def tick(run_name, last, current_photo):
-            line, tail = job_view(run_name)
-            values, now = refresh(run_name, current_photo, last)
+            job = jobs.latest(app.rd(run_name)) if run_name else None
+            line, tail = job_view(run_name, job)
+            values, now = refresh(run_name, current_photo, last, job)
             return [line, tail, now] + values
 
         timer = gr.Timer(1.0)

@@ -168,12 +168,13 @@ def caption_rows(rd: RunDir) -> list[dict]:
     rows = []
     for path in files:
         txt = caption_path(path)
-        text = txt.read_text(encoding="utf-8", errors="replace").strip() if txt.is_file() else ""
+        raw = txt.read_text(encoding="utf-8", errors="replace") if txt.is_file() else None
+        text = (raw or "").strip()
         record = store.get(path.name)
         flags = list(record.flags) if record else []
         if record is None:
             source = "your caption" if text else "none yet"
-        elif txt.is_file() and record.txt_sha256 != text_sha(txt.read_text(encoding="utf-8", errors="replace")):
+        elif raw is not None and record.txt_sha256 != text_sha(raw):
             source = "edited by you"
         else:
             source = {"model": "model", EDITED: "edited by you", "existing": "your caption"}.get(record.source or "", "-")
