@@ -49,7 +49,8 @@ def interrupt(proc: subprocess.Popen) -> tuple[int, str, str]:
 
 @pytest.mark.slow
 def test_fit_toy_from_captioned_photos_to_report_interrupted_in_training(tmp_path):
-    """The toy preset from photos with .txt captions: Ctrl-C in training, then the same command finishes."""
+    """The toy preset from photos with .txt captions and 4 grounding images drawn by the base model: Ctrl-C in
+    training, then the same command finishes (drawing nothing again)."""
     from lookalike.toy.demo import write_dataset
 
     photos = tmp_path / "photos"
@@ -57,7 +58,8 @@ def test_fit_toy_from_captioned_photos_to_report_interrupted_in_training(tmp_pat
     run = tmp_path / "run"
     command = ["fit", photos, "--trigger", "Arthur", "--run", run, "--preset", "toy", "--steps", "24", "--yes",
                "--set", "train.checkpoint_every=12", "--set", "train.sample_every=24",
-               "--set", "eval.toy_plain=2", "--set", "eval.toy_trigger=2", "--set", "eval.seeds=[0]"]
+               "--set", "eval.toy_plain=2", "--set", "eval.toy_trigger=2", "--set", "eval.seeds=[0]",
+               "--set", "ground.count=4", "--set", "dataset.class_phrase=a man"]
     proc = start_cli(command, tmp_path)
     wait_for(lambda: (run / "train" / "checkpoints" / "step-000012.safetensors").is_file(), 300, proc)
     rc, out, err = interrupt(proc)
@@ -70,6 +72,9 @@ def test_fit_toy_from_captioned_photos_to_report_interrupted_in_training(tmp_pat
     said = words(done.stderr)
     assert "ingest: up to date" in said and "caption: every photo has a caption (16 written by you" in said
     assert "train: resume" in said and "eval: drawing" in said
+    assert "ground: 4 grounding images (0 drawn, 4 kept)" in said
+    index = json.loads((run / "cache" / "index.json").read_text())
+    assert sum(it["grounding"] for it in index["items"]) == 4 and len(index["items"]) == 20
     report = Path(done.stdout.strip().splitlines()[-1])
     assert report == run / "report.html" and report.is_file()
     assert "LoRA:" in said or "no checkpoint recommended" in said

@@ -300,6 +300,34 @@ def _print_captions(report) -> None:
 
 
 @app.command()
+def ground(
+    run: Path = typer.Argument(..., help=RUN_HELP),
+    count: Optional[int] = typer.Option(None, help="Images to draw (ground.count); default the run's setting."),
+    photos: Optional[Path] = PHOTOS_OPTION,
+    trigger: Optional[str] = TRIGGER_OPTION,
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Draw grounding images of other people with the base model, from the captions with a class phrase for the
+    trigger; training keeps them as the base model drew them. Re-runs draw only what is missing."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from lookalike.data.ground import ground_stage
+
+    _quiet_libraries()
+    overrides = list(set_ or []) + ([f"ground.count={count}"] if count is not None else [])
+    cfg, rd = _prepare_run(run, photos, trigger, preset, config, overrides, training=False)
+    columns = (TextColumn("drawing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("ground", total=None)
+        report = ground_stage(cfg, rd, on_image=lambda n, total: bar.update(task, completed=n, total=total))
+    console.print(f"[green]{report.images} grounding images[/green] ({report.drawn} drawn, {report.reused} kept) in "
+                  f"{report.folder}")
+    print(report.folder)
+
+
+@app.command()
 def fit(
     photos: Path = typer.Argument(..., help="Folder of the person's photos (30-50 work well; .txt captions beside them are used as they are)."),
     trigger: Optional[str] = typer.Option(None, help="The word that names the person, e.g. Arthur (dataset.trigger); needed for a new run."),

@@ -33,6 +33,8 @@ SEED_LORA_PARAMS_PER_RANK = 37.36e6 / 32  # 190 modules x (3072 + 3072) per rank
 
 # The toy model on the 2-core CI machine: 800 steps of batch 8 in 224 s with the toy preset (BENCHMARKS.md).
 TOY_CPU_SECONDS_PER_STEP = 0.28
+# ... and drawing with it: 40 grounding images of 20 steps at 64², batch 8, in 15 s (`lookalike ground`, 2026-12-03).
+TOY_CPU_SECONDS_PER_IMAGE_STEP = 0.019
 
 
 @dataclass
@@ -64,10 +66,14 @@ def tokens(width: int, height: int, text_tokens: int) -> int:
     return (width // 16) * (height // 16) + text_tokens
 
 
+def flux1_forward_tflop(t: int) -> float:
+    """Model FLOPs of one forward pass of one sample (one denoising step of one image), TFLOP, for T tokens."""
+    return (2 * FLUX1_TOKEN_PARAMS * t + 4 * t * t * FLUX1_WIDTH * FLUX1_BLOCKS) / 1e12
+
+
 def flux1_model_tflop(t: int) -> float:
     """Model FLOPs of one training sample (forward + frozen-base backward), TFLOP, for T tokens."""
-    forward = 2 * FLUX1_TOKEN_PARAMS * t + 4 * t * t * FLUX1_WIDTH * FLUX1_BLOCKS
-    return 2.2 * forward / 1e12
+    return 2.2 * flux1_forward_tflop(t)
 
 
 def flux1_memory_gb(t: int, batch: int, rank: int, memory: str, checkpointing: bool) -> float:
@@ -120,3 +126,22 @@ def training_estimate(cfg, steps: int, device: str, gpu_name: str | None) -> Est
     if t.gradient_checkpointing:
         seconds *= CHECKPOINT_SLOWDOWN
     return Estimate(steps, seconds, round(memory, 1), basis + ", from a FLOP model until GPU benchmarks exist")
+
+
+def drawing_estimate(cfg, images: int, device: str, gpu_name: str | None) -> str:
+    """What drawing `images` images at the training resolution with the generate settings costs (the ground
+    stage), as one line: '40 images of 28 steps, ~3 min (estimate ...)'."""
+    from lookalike.models.family import twin_family
+
+    steps = cfg.generate.steps
+    head = f"{images} images of {steps} steps"
+    if cfg.model.source == "lookalike:toy" and device == "cpu":
+        seconds = images * steps * TOY_CPU_SECONDS_PER_IMAGE_STEP
+        return f"{head}, ~{_duration(seconds)} (estimate: the toy model's measured speed on 2 CPU cores)"
+    if twin_family(cfg.model.source) is not None:
+        return f"{head} (the tiny twin: seconds)"
+    if not is_flux1_size(cfg.model.source) or device != "cuda":
+        return f"{head} (no time estimate for this model and device yet)"
+    side = cfg.dataset.resolution
+    per_step = flux1_forward_tflop(tokens(side, side, cfg.generate.max_sequence_length)) / ((gpu_peak(gpu_name) or 989.0) * MFU)
+    return f"{head}, ~{_duration(images * steps * per_step)} (estimate from the FLOP model)"

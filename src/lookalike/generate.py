@@ -119,6 +119,11 @@ class Prepared:
         return sample(self.pipe, [self.embeddings[p] for p in prompts], seeds, self.settings, on_sample,
                       negative=self.negative)
 
+    def draw_pairs(self, pairs: Sequence[tuple[str, int]], on_sample=None) -> Iterator["Sample"]:
+        """Each (prompt, seed) pair in order (see `sample_pairs`)."""
+        return sample_pairs(self.pipe, [(self.embeddings[p], int(s)) for p, s in pairs], self.settings, on_sample,
+                            negative=self.negative)
+
 
 def prepare_pipeline(source, runtime, prompts: Sequence[str], settings: SampleSettings, loras=(),
                      transformer=None, embeddings: Sequence[PromptEmbedding] | None = None,
@@ -163,12 +168,23 @@ def sample(
 ) -> Iterator[Sample]:
     """Draw every (prompt, seed) pair, prompt-major, `settings.batch_size` pairs per call. Yields PIL images
     as they finish. `negative`: the negative prompt's embedding, for families with true CFG."""
+    pairs = [(emb, int(seed)) for emb in embeddings for seed in seeds]
+    return sample_pairs(pipe, pairs, settings, on_sample, negative)
+
+
+def sample_pairs(
+    pipe,
+    pairs: Sequence[tuple[PromptEmbedding, int]],
+    settings: SampleSettings,
+    on_sample: Callable[[Sample], None] | None = None,
+    negative: PromptEmbedding | None = None,
+) -> Iterator[Sample]:
+    """Draw the given (prompt, seed) pairs in order, `settings.batch_size` per call (see `sample`)."""
     import torch
 
     from lookalike.models.family import cond_cat, family_of_module
 
     family = family_of_module(pipe)
-    pairs = [(emb, int(seed)) for emb in embeddings for seed in seeds]
     for start in range(0, len(pairs), settings.batch_size):
         chunk = pairs[start:start + settings.batch_size]
         cond = cond_cat(emb.cond for emb, _ in chunk)

@@ -1,6 +1,6 @@
 """`lookalike fit`: the stages in order, from a folder of photos to a LoRA and a report.
 
-    ingest -> caption -> cache -> train -> eval -> report
+    ingest -> caption -> ground (when ground.count > 0) -> cache -> train -> eval -> report
 
 Each stage is skipped when its outputs are current (the files and manifests of the run folder say
 so), so running the same `fit` again after a failure or Ctrl-C continues where it stopped: captions
@@ -56,13 +56,16 @@ def fit(cfg, rd: RunDir, opts: FitOptions, say: Callable[[str], None]) -> FitRes
 def _fit(cfg, rd: RunDir, opts: FitOptions, again: str, say) -> FitResult:
     selection = _ingest(cfg, rd, say)
     captions = _caption_plan(cfg, rd, opts, say)
+    drawing = _ground_plan(cfg, rd, captions)
     steps, resume = _train_plan(cfg, rd, selection)
     no_eval = _eval_plan(cfg, rd, selection)
     if no_eval:
         say(f"eval: cannot measure likeness ({no_eval}); fit will train and export the LoRA without a report")
-    _confirm(cfg, opts, captions, steps, resume, say)
+    _confirm(cfg, opts, captions, drawing, steps, resume, say)
     if captions:
         _caption(cfg, rd, opts, again, say)
+    if cfg.ground.count:
+        _ground(cfg, rd, drawing, say)
     _train(cfg, rd, steps, resume, again, say)
     metrics = None if no_eval else _evaluate(cfg, rd, say)
     if metrics is None:
@@ -113,6 +116,25 @@ def _caption_plan(cfg, rd: RunDir, opts: FitOptions, say) -> dict | None:
     return est
 
 
+def _ground_plan(cfg, rd: RunDir, captions: dict | None) -> int:
+    """Grounding images still to draw (all of them while captions are still to be bought)."""
+    if not cfg.ground.count:
+        return 0
+    from lookalike.data.ground import missing, phrases_of, plan
+
+    phrases_of(cfg)  # no class phrase: refused before anything is paid for
+    return cfg.ground.count if captions else len(missing(rd, plan(cfg, rd)))
+
+
+def _ground(cfg, rd: RunDir, drawing: int, say) -> None:
+    from lookalike.data.ground import ground_stage
+
+    if drawing:
+        say(f"ground: drawing {drawing} grounding image(s) with the base model")
+    report = ground_stage(cfg, rd)
+    say(f"ground: {report.images} grounding images ({report.drawn} drawn, {report.reused} kept) in {report.folder}")
+
+
 def _train_plan(cfg, rd: RunDir, selection) -> tuple[int, bool]:
     """(steps still to train, resume?) from the run's state and the recipe."""
     from lookalike.data.buckets import training_size
@@ -130,6 +152,7 @@ def _train_plan(cfg, rd: RunDir, selection) -> tuple[int, bool]:
             shapes.append(training_size(*usable_size(photo.path), cfg.dataset.resolution, cfg.dataset.aspect))
         except PhotoRejected:
             shapes.append(square)  # the cache stage names it
+    shapes += [square] * cfg.ground.count  # drawn at the training resolution
     shapes = shapes[cfg.dataset.holdout:] if cfg.dataset.holdout < len(shapes) else shapes
     total = make_plan(shapes, cfg, cfg.train.devices * cfg.train.num_nodes).total_steps
     from lookalike.train.callbacks import checkpoint_step
@@ -159,9 +182,9 @@ def _eval_plan(cfg, rd: RunDir, selection) -> str | None:
     return None
 
 
-def _confirm(cfg, opts: FitOptions, captions: dict | None, steps: int, resume: bool, say) -> None:
+def _confirm(cfg, opts: FitOptions, captions: dict | None, drawing: int, steps: int, resume: bool, say) -> None:
     """Say what will be paid for; go on only with --yes or the user's yes."""
-    from lookalike.estimate import training_estimate
+    from lookalike.estimate import drawing_estimate, training_estimate
     from lookalike.runtime import training_runtime
 
     runtime = training_runtime(cfg)
@@ -170,17 +193,20 @@ def _confirm(cfg, opts: FitOptions, captions: dict | None, steps: int, resume: b
         import torch
 
         gpu = torch.cuda.get_device_name(runtime.device)
+    if drawing:
+        say(f"ground: {drawing_estimate(cfg, drawing, runtime.device.type, gpu)} on {runtime.device}")
     if steps:
         est = training_estimate(cfg, steps, runtime.device.type, gpu)
         say(f"train: {'resume, ' if resume else ''}{est.line()} on {runtime.device}")
-    if not (captions or steps) or opts.yes:
+    if not (captions or drawing or steps) or opts.yes:
         return
     what = " and ".join(x for x in (f"{captions['requests']} caption request(s)" if captions else "",
+                                    f"{drawing} grounding image(s)" if drawing else "",
                                     f"{steps} training steps" if steps else "") if x)
     if opts.confirm is None:
-        raise ConfigError(f"fit would now spend {what}; add --yes to go ahead (nothing was sent or trained)")
+        raise ConfigError(f"fit would now spend {what}; add --yes to go ahead (nothing was sent, drawn or trained)")
     if not opts.confirm(f"go ahead with {what}?"):
-        raise ConfigError(f"stopped before {what}; nothing was sent or trained. Add --yes to skip the question")
+        raise ConfigError(f"stopped before {what}; nothing was sent, drawn or trained. Add --yes to skip the question")
 
 
 def _caption(cfg, rd: RunDir, opts: FitOptions, again: str, say) -> None:

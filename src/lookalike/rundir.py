@@ -5,6 +5,7 @@
       photos.yaml                    the user's include / exclude lists (editable by hand)
       ingest/doctor.json             the dataset doctor's record (usable? person? duplicates?)
       caption/captions.jsonl, review.html
+      ground/ground-0000.png, .txt   grounding images the base model drew of other people (ground.count)
       cache/index.json, latents/, text/
       train/resume/last.ckpt, checkpoints/step-*.safetensors, lora.safetensors, lora-kohya.safetensors
       eval/metrics.json              per-checkpoint metrics and the recommendation
@@ -198,6 +199,11 @@ class RunDir:
     @property
     def caption_review(self) -> Path:
         return self.root / "caption" / "review.html"
+
+    @property
+    def ground_dir(self) -> Path:
+        """Grounding images the base model drew (lookalike.data.ground), each PNG with its prompt's .txt."""
+        return self.root / "ground"
 
     @property
     def cache_index(self) -> Path:

@@ -21,8 +21,9 @@ from lookalike.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-# What defines a run: the model, the photos and captions, the LoRA's shape and the seed.
-RUN_IDENTITY = ("model", "dataset", "lora", "runtime.seed")
+# What defines a run: the model, the photos and captions (and the drawn grounding images), the LoRA's shape
+# and the seed.
+RUN_IDENTITY = ("model", "dataset", "ground", "lora", "runtime.seed")
 
 
 def identity_settings(cfg) -> dict:

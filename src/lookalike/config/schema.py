@@ -152,6 +152,20 @@ class DatasetConfig(_Section):
     holdout: Int = Field(0, ge=0, description="photos held out of training for the validation loss (0: none)")
 
 
+class GroundConfig(_Section):
+    """ground: grounding images the base model draws of other people, for `lookalike ground` (and `fit`)."""
+
+    count: Int = Field(
+        0, ge=0, description="images the base model draws before training, from the person's captions with the "
+        "trigger replaced by a class phrase, trained beside the photos like dataset.grounding (towards the base "
+        "model's own prediction by default, dataset.grounding_target) against 'everyone looks like me'; 0: none",
+    )
+    phrases: list[NonEmpty] = Field(
+        [], description="class phrases the drawn people get in turn, for variety ('a man', 'a woman', 'an old "
+        "man'); empty: dataset.class_phrase alone",
+    )
+
+
 class LoraConfig(_Section):
     """lora: shape of the low-rank adapter trained on the transformer."""
 
@@ -377,6 +391,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="which FLUX weights to start from")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="where and in what precision to run")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="the photos and their preparation")
+    ground: GroundConfig = Field(default_factory=GroundConfig, description="grounding images drawn by the base model")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="shape of the LoRA adapter")
     train: TrainConfig = Field(default_factory=TrainConfig, description="the optimisation recipe")
     generate: GenerateConfig = Field(default_factory=GenerateConfig, description="the sampler settings")

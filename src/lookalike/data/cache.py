@@ -8,7 +8,8 @@
 
 A latent's key hashes the image bytes, the crop and size, the model and the dtype; a text key hashes
 the caption, the model, the dtype and the token count. Re-running encodes only the keys whose file
-is missing: change one caption and exactly one text is encoded again. The empty caption (for caption
+is missing: change one caption and exactly one text is encoded again. Grounding examples are the photos
+of `dataset.grounding` and the images the base model drew (RUN/ground). The empty caption (for caption
 dropout), the preview prompts and `generate.negative_prompt` (the previews' negative for families with
 true classifier-free guidance, when one is set) are cached the same way. The encoders are freed afterwards.
 
@@ -176,7 +177,9 @@ def build_cache(cfg, run: RunDir) -> CacheReport:
     selection.announce(run, "cache")
     hint = leave_out_hint(run)
     photos = find_photos(cfg.dataset.photos, cfg.dataset.trigger, cfg.dataset.missing_trigger, selection.used, hint)
-    grounding = find_grounding(cfg.dataset.grounding, cfg.dataset.trigger)
+    from lookalike.data.ground import ground_photos
+
+    grounding = find_grounding(cfg.dataset.grounding, cfg.dataset.trigger) + ground_photos(cfg, run)
     photos += grounding
     check_dataset_size(len(photos), cfg)
     if cfg.train.class_prior_weight and not (cfg.dataset.class_phrase or "").strip():

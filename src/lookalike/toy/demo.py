@@ -119,7 +119,7 @@ def run_demo(run: Path, overrides: list[str] | None = None, suite_size: tuple[in
     """Dataset, cache, train, then the metric suite base vs LoRA. Returns what metrics.json holds.
 
     `others` captioned scenes of other people go to RUN/others as `dataset.grounding` (0: Arthur's photos
-    alone, the write-up's way).
+    alone, the write-up's way); with `ground.count` set, the base model draws that many grounding images too.
     """
     from lookalike.config import save_config
     from lookalike.data.cache import build_cache
@@ -135,6 +135,10 @@ def run_demo(run: Path, overrides: list[str] | None = None, suite_size: tuple[in
         write_others(run / "others", others)
         cfg.dataset.grounding = str((run / "others").resolve())
     save_config(cfg, rd.config_path)
+    if cfg.ground.count:  # grounding images drawn by the base model (lookalike.data.ground)
+        from lookalike.data.ground import ground_stage
+
+        ground_stage(cfg, rd)
     build_cache(cfg, rd)
     t = time.time()
     report = train_stage(cfg, rd)
