@@ -8,6 +8,7 @@
       ground/ground-0000.png, .txt   grounding images the base model drew of other people (ground.count)
       cache/index.json, latents/, text/
       train/resume/last.ckpt, checkpoints/step-*.safetensors, lora.safetensors, lora-kohya.safetensors
+                                     (and lora-raw.safetensors with train.ema_decay)
       eval/metrics.json              per-checkpoint metrics and the recommendation
       report.html
       generate/<stamp>/              images, grid.png, manifest.json   (one folder per `generate` call)
@@ -229,6 +230,11 @@ class RunDir:
     def lora(self) -> Path:
         """The trained LoRA, diffusers/PEFT format."""
         return self.train_dir / "lora.safetensors"
+
+    @property
+    def lora_raw(self) -> Path:
+        """With train.ema_decay: the last raw LoRA weights (lora.safetensors holds their average)."""
+        return self.train_dir / "lora-raw.safetensors"
 
     @property
     def lora_kohya(self) -> Path:

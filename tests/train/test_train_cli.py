@@ -139,10 +139,11 @@ def _wait_for(path, proc, timeout=300):
 # input differs, checked in-process by tests/models/test_family_contract.py): a third 50 s run would add nothing.
 @pytest.mark.parametrize("preset", ["tiny", "tiny-flux2-klein"])
 def test_run_killed_mid_way_resumes_to_the_same_lora(tmp_path, preset):
+    """... and to the same average of the weights (train.ema_decay): the average is in the resumable state."""
     photos = make_photos(tmp_path / "photos", 6)
     # 3 steps per epoch, 10 epochs = 30 steps; checkpoints every 4 steps are mid-epoch
     args = ["--photos", photos, "--preset", preset, "--set", "train.epochs=10", "--set", "train.checkpoint_every=4",
-            "--set", "train.sample_every=1000", "--set", "train.caption_dropout=0.3"]
+            "--set", "train.sample_every=1000", "--set", "train.caption_dropout=0.3", "--set", "train.ema_decay=0.8"]
     whole = run_cli(["train", tmp_path / "whole", *args], cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
@@ -162,10 +163,13 @@ def test_run_killed_mid_way_resumes_to_the_same_lora(tmp_path, preset):
     resumed = run_cli(["train", killed, "--resume"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((killed / "train" / "manifest.json").read_text())["resumed"] is True
-    a, b = load_file(tmp_path / "whole" / "train" / "lora.safetensors"), load_file(killed / "train" / "lora.safetensors")
-    assert a.keys() == b.keys()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
-    assert max(a[k].abs().max().item() for k in a if "lora_B" in k) > 0  # it did train
+    for name in ("lora.safetensors", "lora-raw.safetensors"):  # the average, and the last raw weights
+        a, b = load_file(tmp_path / "whole" / "train" / name), load_file(killed / "train" / name)
+        assert a.keys() == b.keys()
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6, name
+        assert max(a[k].abs().max().item() for k in a if "lora_B" in k) > 0  # it did train
+    average, raw = load_file(killed / "train" / "lora.safetensors"), load_file(killed / "train" / "lora-raw.safetensors")
+    assert max((average[k] - raw[k]).abs().max().item() for k in raw) > 1e-4  # two different sets of weights
     assert (killed / "train" / "logs" / "csv" / "attempt-2" / "metrics.csv").exists()
 
 

@@ -226,6 +226,11 @@ class TrainConfig(_Section):
         0.0, ge=0, description="blank-prompt preservation: the empty caption on each photo's noisy latent is "
         "trained towards the base model's prediction at this loss weight; 0: off",
     )
+    ema_decay: Float = Field(
+        0.0, ge=0, lt=1, description="keep an exponential moving average of the LoRA weights with this decay "
+        "(0.99: about the last 100 steps) and use it for the snapshots, previews and exported LoRA (the last raw "
+        "weights go to train/lora-raw.safetensors); 0: off",
+    )
     caption_dropout: Float = Field(
         0.0, ge=0, le=1,
         description="probability of training a photo with the empty caption; > 0 makes the empty prompt draw "

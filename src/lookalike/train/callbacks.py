@@ -6,6 +6,7 @@ same way in an uninterrupted run and a resumed one. Files are written by rank 0 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -136,8 +137,8 @@ class Previews(L.Callback):
     """Draw the preview prompts before training (epoch 0), every `every` epochs, and at the last step."""
 
     def __init__(self, make_sampler, every: int, steps_per_epoch: int, total: int, accumulation: int,
-                 samples_dir: Path, gif_dir: Path):
-        self.make_sampler, self.sampler = make_sampler, None
+                 samples_dir: Path, gif_dir: Path, weights=contextlib.nullcontext):
+        self.make_sampler, self.sampler, self.weights = make_sampler, None, weights  # weights(): which LoRA draws
         self.every, self.steps_per_epoch, self.total, self.accumulation = every, steps_per_epoch, total, accumulation
         self.samples_dir, self.gif_dir = samples_dir, gif_dir
 
@@ -148,7 +149,8 @@ class Previews(L.Callback):
             return
         if self.sampler is None:
             self.sampler = self.make_sampler()
-        self.sampler.draw(self.samples_dir / f"epoch-{epoch:04d}", epoch, step)
+        with self.weights():
+            self.sampler.draw(self.samples_dir / f"epoch-{epoch:04d}", epoch, step)
         write_progress_gifs(self.samples_dir, self.gif_dir)
 
     def on_train_start(self, trainer, pl_module) -> None:

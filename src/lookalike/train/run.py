@@ -5,6 +5,7 @@
     RUN/train/samples/epoch-0025/*.png, progress-*.gif
     RUN/train/logs/{tensorboard,csv}/attempt-N/  TensorBoard events and metrics.csv, one folder per attempt
     RUN/train/lora.safetensors, lora-kohya.safetensors, manifest.json
+    RUN/train/lora-raw.safetensors              with train.ema_decay: the last raw weights (the rest: their average)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,12 +181,16 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
     from lookalike.models.source import load_transformer, model_and_family
     from lookalike.runtime import training_runtime
     from lookalike.train import callbacks as cb
+    from lookalike.train.ema import LoraEma
     from lookalike.train.lora import add_lora
     from lookalike.train.module import LoraModule
 
     if logging.getLogger().level > logging.DEBUG:  # Lightning resets these at import: banners, tips
         for chatty in ("lightning.pytorch", "lightning.fabric"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
+    if cfg.train.ema_decay and cfg.train.strategy == "fsdp":
+        raise ConfigError("train.ema_decay needs the whole LoRA on every device, which train.strategy=fsdp shards; "
+                          "use train.strategy=ddp, or set train.ema_decay=0")
     folder = run.stage(STAGE)
     if resume and not run.resume_checkpoint.exists():
         raise ConfigError(f"--resume: {run.resume_checkpoint} does not exist; nothing to resume. Run without --resume")
@@ -207,8 +212,15 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
                              cfg.train.caption_dropout, blank=cfg.train.blank_prior_weight > 0)
         return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
 
+    ema = LoraEma(cfg.train.ema_decay, plan.accumulation) if cfg.train.ema_decay else None
+
+    def averaged():
+        """The LoRA weights snapshots, previews and the export use: the average with train.ema_decay."""
+        return ema.applied(module) if ema else nullcontext()
+
     def save_snapshot(step: int) -> Path:
-        return _export(cfg, family, transformer, lora, step, run.checkpoint(step), captions=captions)
+        with averaged():
+            return _export(cfg, family, transformer, lora, step, run.checkpoint(step), captions=captions)
 
     def make_sampler():
         from lookalike.generate import PromptEmbedding, prepare_pipeline, settings_from_config
@@ -233,7 +245,9 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
     ]
     if cfg.train.strategy != "fsdp":  # FSDP shards the weights: a rank-0-only forward would hang
         callbacks.insert(1, cb.Previews(make_sampler, cfg.train.sample_every, plan.steps_per_epoch, total, accum,
-                                        folder / "samples", folder))
+                                        folder / "samples", folder, weights=averaged))
+    if ema:
+        callbacks.insert(0, ema)  # first: a step's snapshot and previews see the average after that step
     attempt = _next_attempt(folder / "logs" / "csv")
     loggers = [TensorBoardLogger(folder / "logs" / "tensorboard", name="", version=attempt, default_hp_metric=False),
                CSVLogger(folder / "logs" / "csv", name="", version=attempt, flush_logs_every_n_steps=10)]  # the app's live curves
@@ -256,14 +270,18 @@ def train_stage(cfg, run: RunDir, resume: bool = False, resume_hint: str | None 
         return TrainReport(folder, stop.stopped_at, None, None, [])  # DDP ranks > 0 end quietly
     report = TrainReport(folder, trainer.global_step, None, None, digests.digests)
     if trainer.is_global_zero:
-        report.lora = _export(cfg, family, transformer, lora, trainer.global_step, run.lora, captions=captions)
-        report.kohya = _export(cfg, family, transformer, lora, trainer.global_step, run.lora_kohya, kohya=True,
-                               captions=captions)
+        if ema:
+            _export(cfg, family, transformer, lora, trainer.global_step, run.lora_raw, captions=captions)
+        with averaged():
+            report.lora = _export(cfg, family, transformer, lora, trainer.global_step, run.lora, captions=captions)
+            report.kohya = _export(cfg, family, transformer, lora, trainer.global_step, run.lora_kohya, kohya=True,
+                                   captions=captions)
         run.write_manifest(
             folder, STAGE, steps=trainer.global_step, epochs=trainer.global_step // plan.steps_per_epoch,
             resumed=resume, seconds=round(time.time() - started, 2), device=str(runtime.device),
             precision=lightning_precision(runtime), world_size=world, trainable=lora.trainable,
             lora=report.lora.name, kohya=report.kohya.name, rank_digests=report.rank_digests,
+            ema_decay=cfg.train.ema_decay or None, lora_raw=run.lora_raw.name if ema else None,
             final_loss=_metric(trainer, "train/loss"), final_fixed_loss=_metric(trainer, "val/train_fixed_loss"),
         )
         if stop.requested:  # Ctrl-C during the last step: the run ended and is exported; stop the caller too
