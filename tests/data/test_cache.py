@@ -130,3 +130,31 @@ def test_a_cache_from_before_model_families_is_read_and_one_of_another_family_is
     run.cache_index.write_text(json.dumps(index))
     with pytest.raises(ConfigError, match=r"written for a flux2-klein model.*lookalike cache"):
         load_cache(run, "flux1")
+
+
+def test_held_out_photos_are_never_trained_on(tmp_path):
+    """The seeded split: the same photos held out when the cache is rebuilt, none of them in a training batch,
+    and they are the photos the face judge judges likeness against (evaluate.suite.held_out_photos)."""
+    from lookalike.data.loader import BatchStream, make_plan
+    from lookalike.evaluate.suite import held_out_photos
+
+    photos = make_photos(tmp_path / "photos", 6, sizes=((64, 64),))
+    run = RunDir(tmp_path / "run")
+    cfg = _cfg(photos, "dataset.holdout=2", "train.batch_size=2")
+    build_cache(cfg, run)
+    held = {str(p) for p in held_out_photos(run)}
+    data = load_cache(run)
+    assert len(held) == 2 and {it.photo for it in data.holdout} == held
+    assert not held & {it.photo for it in data.train} and len(data.train) == 4
+
+    (photos / "IMG_0003.txt").write_text("Arthur, the caption changed\n")
+    build_cache(cfg, run)
+    assert {str(p) for p in held_out_photos(run)} == held  # a rebuilt cache holds out the same photos
+
+    plan = make_plan([tuple(it.latent.shape[-2:]) for it in data.train], cfg)
+    stream = iter(BatchStream(data.train, data.empty, plan, 2, cfg.runtime.seed))
+    seen = torch.cat([next(stream)["latents"] for _ in range(20)])  # 10 epochs of 2 batches
+    for it in data.holdout:
+        assert not any(torch.equal(it.latent.float(), z) for z in seen)
+    for it in data.train:  # every training photo came round
+        assert any(torch.equal(it.latent.float(), z) for z in seen)

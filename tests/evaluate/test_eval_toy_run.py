@@ -86,7 +86,8 @@ def test_eval_writes_every_checkpoint_and_recommends_one(toy_run, evaluated):
     saved = json.loads((folder / "metrics.json").read_text())
     assert [r["step"] for r in saved["checkpoints"]] == [4, 8]  # step 8 once, though lora.safetensors is step 8 too
     assert saved["recommendation"] == recommend(saved["checkpoints"], cfg.eval)
-    assert saved["bounds"] == {"min_likeness": 0.3, "max_leakage": 0.2, "max_elsewhere": 0.2, "min_preservation": 0.8}  # the report shows these
+    assert saved["bounds"] == {"min_likeness": 0.3, "max_leakage": 0.2, "max_elsewhere": 0.2, "min_preservation": 0.8,
+                               "max_copy": 0.1}  # the report shows these
     assert saved["images"] == 3 * 5  # base + 2 checkpoints, 2 + 2 + empty prompts x 1 seed
     for model in ("base", "step-000004", "step-000008"):
         assert (folder / model / "trigger-grid.png").is_file()

@@ -138,7 +138,8 @@ def test_face_judge_turns_face_readings_into_the_headline_numbers():
     pictures = {g: [Image.new("RGB", (64, 64))] * len(r) for g, r in base.items()}
     metrics = judge.metrics(tuned)
     kept = judge.preservation(pictures, base, pictures, tuned)
-    assert judge.headline(metrics, kept) == {"likeness": 0.5, "leakage": 1.0, "elsewhere": 0.5, "preservation": 0.75}
+    assert judge.headline(metrics, kept) == {"likeness": 0.5, "leakage": 1.0, "elsewhere": 0.5, "preservation": 0.75,
+                                             "copy": None}  # no held-out photos: not counted
     assert metrics["empty"] == 1.0 and metrics["trigger_faces"]["images_with_faces"] == 2
     assert kept["face_count_agreement"] == 1.0 and kept["person_agreement"] == 0.5
     assert [p["is_person"] for p in judge.people(tuned["group"][0])] == [True, True]

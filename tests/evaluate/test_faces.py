@@ -217,3 +217,72 @@ def test_preservation_on_composites(seen):
 def test_box_overlap():
     assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
     assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0 and box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+
+
+def test_copy_score_and_its_baseline_in_numbers():
+    from lookalike.evaluate.faces import copy_metrics, with_held_out
+
+    def at(*xs):  # embeddings on one axis: distances are the gaps
+        return np.array([[x] + [0.0] * 127 for x in xs])
+
+    # training photos at 0, 0.3, 0.6; held-out photos at 0.15 and 0.45
+    photos = at(0, 0.3, 0.6, 0.15, 0.45)
+    model = with_held_out(identity_from_faces([[_face(e)] for e in photos], ["t1", "t2", "t3", "h1", "h2"]),
+                          ["h1", "h2"])
+    assert model.held_out == (False, False, False, True, True) and model.judged_on_held_out
+    copy_of_t2 = at(0.3)[0]  # mean to held-out (0.15 + 0.15) / 2 - nearest training 0 = 0.15
+    new_photo = at(0.35)[0]  # (0.2 + 0.1) / 2 - 0.05 = 0.10
+    assert model.copy_score(copy_of_t2) == pytest.approx(0.15)
+    assert model.copy_score(new_photo) == pytest.approx(0.10)
+    # each held-out photo against the other (0.3 away) and its nearest training photo (0.15 away): 0.15
+    assert model.copy_baseline() == pytest.approx(0.15)
+    # judged against the held-out photos alone: mean distance of 0.3 to them is (0.15 + 0.15) / 2
+    assert judge_faces([_face(copy_of_t2)], model, 64, 64).closest.distance == pytest.approx(0.15)
+    far_copy = judge_faces([_face(at(0.0)[0])], model, 64, 64)  # a copy of t1: 0.3 from the held-out mean
+    assert far_copy.found  # 0.3 < the threshold (clamped to at least 0.4)
+    m = copy_metrics([far_copy] * 3, model)
+    assert m["copy_faces"] == 3 and m["copy_score"] == pytest.approx(0.3) and m["copy"] == pytest.approx(0.15)
+    # without held-out photos (or with one) nothing is counted and likeness is judged on every photo
+    plain = identity_from_faces([[_face(e)] for e in photos], ["t1", "t2", "t3", "h1", "h2"])
+    assert plain.copy_score(copy_of_t2) is None and plain.copy_baseline() is None
+    assert not with_held_out(plain, ["h1"]).judged_on_held_out
+    assert copy_metrics([judge_faces([_face(copy_of_t2)], plain, 64, 64)], plain)["copy"] is None
+
+
+def _face(embedding):
+    from lookalike.ingest.faces import Face
+
+    return Face((0, 0, 20, 20), 1.0, np.asarray(embedding, dtype=np.float64))
+
+
+def test_a_copy_of_a_training_photo_scores_above_a_new_photo_of_the_person(seen):
+    """Real faces: the astronaut's training copies, three held out; a verbatim training photo is a copy, the
+    contrast-lowered photo (never in the set) is not."""
+    from lookalike.evaluate.faces import copy_metrics, with_held_out
+
+    faces, _ = seen
+    held = ["half size", "brighter", "rotated 6°"]
+    model = with_held_out(person(seen, "astronaut"), held)
+    copy = judge_faces(faces["astronaut", "original"], model, 512, 512)
+    new = judge_faces(faces["astronaut", "held out"], model, 512, 512)
+    assert copy.found and new.found
+    assert copy.closest.copy > new.closest.copy
+    assert copy.closest.nearest == pytest.approx(0.0, abs=1e-6) or copy.closest.copy > model.copy_baseline()
+    both = copy_metrics([copy, new], model)
+    assert both["copy_faces"] == 2 and both["copy"] == pytest.approx(
+        np.median([copy.closest.copy, new.closest.copy]) - model.copy_baseline(), abs=1e-4)
+
+
+def test_recommendation_refuses_a_checkpoint_that_copies():
+    from lookalike.config import load_config
+    from lookalike.evaluate.recommend import recommend
+
+    bounds = load_config(None).eval
+    rows = [{"step": s, "name": f"step-{s:06d}", "scores": {"likeness": lk, "leakage": 0.0, "elsewhere": 0.0,
+                                                        "preservation": 0.9, "copy": cp}}
+            for s, lk, cp in ((100, 0.6, 0.02), (200, 0.9, 0.25), (300, 0.7, None))]
+    rec = recommend(rows, bounds)
+    assert rec["name"] == "step-000300"  # the best likeness that is not a copy; None: not counted, not refused
+    assert rec["rejected"] == {"step-000200": ["copy 0.250 > eval.max_copy 0.1"]}
+    assert "copy score" not in rec["reason"]
+    assert "copy score 0.020 <= 0.1" in recommend(rows[:1], bounds)["reason"]

@@ -385,6 +385,13 @@ class EvalConfig(_Section):
         0.8, ge=0, le=1, description="a recommended checkpoint keeps at least this share of what prompts without the "
         "trigger drew before (toy: attribute agreement; faces: face-count and person-or-not agreement)",
     )
+    max_copy: Float = Field(
+        0.1, ge=0, description="with held-out photos (dataset.holdout >= 2): a recommended checkpoint's copy score "
+        "(the drawn person's median face distance to the held-out photos minus that to the nearest training photo, "
+        "above what the held-out photos themselves score) is at most this; over it, it draws copies of its training "
+        "photos rather than the person. dlib distances: a near-copy of a photo is ~0.1 from it, another photo of "
+        "the same person 0.3-0.5",
+    )
     empty_seeds: Int = Field(16, ge=1, description="`lookalike experiment empty`: seeds drawn with the empty prompt")
     replay_seed: Seed = Field(0, description="`lookalike experiment replay`: the seed each training caption is redrawn with")
 

@@ -5,8 +5,20 @@
     read_faces            every face of a generated image, its distance to the person, person or not
     set_metrics           likeness (person found), leakage (other faces within the threshold) and the
                           mean distance of the closest face, for one set of images
+    copy_metrics          with held-out photos: does the person drawn look like *them*, or like a copy of
+                          one training photo (the copy score)?
     preservation          LoRA on vs off, same prompts and seeds: face counts, person-or-not, matched
                           face embeddings and pixels
+
+Held-out photos (`dataset.holdout`, never trained on): when at least two of them show the person, a
+generated face is judged against them alone (the threshold is still calibrated on all of the person's
+photos), so likeness cannot be bought by reproducing the training photos; two real photos of one person
+are far apart in face space (WithAnyone, 2026: median similarity ~0.46), and a LoRA that copies its photos
+scores high against them. The copy score of a face is its similarity to the nearest training photo minus
+its similarity to the held-out photos (in distances: mean held-out distance - nearest training distance).
+A new photo of the person has some copy score too (the nearest of N training photos is closer than the
+mean of a few held-out ones), so the same score of each held-out photo against the training photos and
+the other held-out ones is the baseline; `copy` is the generated faces' median minus the baseline's.
 
 The definitions mirror the toy world's (`lookalike.toy.metrics`): "person in prompts without the
 trigger" is `set_metrics` on those images' readings, read as `person_found`.
@@ -39,6 +51,7 @@ QUANTILE = 0.95  # of the person's pair distances: nearly every pair of their ow
 MARGIN = 0.1  # generated faces vary more than photos of one shoot; added to the quantile
 BOUNDS = (0.4, 0.6)  # below 0.4 only near-copies of a photo pass; above dlib's 0.6 strangers pass too
 MIN_PHOTOS = 3  # fewer photos give fewer than 3 pairs: too few to calibrate on
+MIN_HELD_OUT = 2  # held-out photos showing the person needed to judge against them (and for a copy baseline)
 
 
 # ---------------------------------------------------------------- calibration
@@ -104,14 +117,46 @@ class PersonModel:
     calibration: Calibration
     skipped: tuple[str, ...] = ()  # "IMG_7.jpg: no face found", ...
     other_distances: tuple[float, ...] = ()  # distances to the person of the other faces in their photos
+    held_out: tuple[bool, ...] = ()  # per embedding: from a held-out photo (never trained on); () = none
 
     @property
     def threshold(self) -> float:
         return self.calibration.threshold
 
+    @property
+    def judged_on_held_out(self) -> bool:
+        """Generated faces are judged against the held-out photos (at least MIN_HELD_OUT of them show the person)."""
+        return sum(self.held_out) >= MIN_HELD_OUT
+
     def distances(self, embedding: np.ndarray) -> np.ndarray:
-        """Distances of one (128,) embedding to each of the person's: shape (N,)."""
-        return np.linalg.norm(self.embeddings - np.asarray(embedding, dtype=np.float64), axis=1)
+        """Distances of one (128,) embedding to each photo it is judged against (the held-out ones when there
+        are enough, else all): shape (N,)."""
+        ref = self.embeddings[np.asarray(self.held_out)] if self.judged_on_held_out else self.embeddings
+        return np.linalg.norm(ref - np.asarray(embedding, dtype=np.float64), axis=1)
+
+    def copy_score(self, embedding: np.ndarray) -> float | None:
+        """Mean distance to the held-out photos - distance to the nearest training photo (higher: closer to a
+        copy of one training photo than to the person in general); None without held-out photos."""
+        if not self.judged_on_held_out:
+            return None
+        e = np.asarray(embedding, dtype=np.float64)
+        held = np.asarray(self.held_out)
+        d = np.linalg.norm(self.embeddings - e, axis=1)
+        return float(d[held].mean() - d[~held].min())
+
+    def copy_baseline(self) -> float | None:
+        """The median copy score of the held-out photos themselves (each against the training photos and the
+        *other* held-out ones): what a genuinely new photo of the person scores. None without held-out photos."""
+        if not self.judged_on_held_out:
+            return None
+        held = np.flatnonzero(np.asarray(self.held_out))
+        train = self.embeddings[~np.asarray(self.held_out)]
+        scores = []
+        for i in held:
+            others = self.embeddings[[j for j in held if j != i]]
+            e = self.embeddings[i]
+            scores.append(np.linalg.norm(others - e, axis=1).mean() - np.linalg.norm(train - e, axis=1).min())
+        return float(np.median(scores))
 
     def distance(self, embedding: np.ndarray) -> float:
         """Mean distance of one (128,) embedding to the person's (see the module docstring for why the mean)."""
@@ -123,8 +168,17 @@ class PersonModel:
         if nearest_other is not None and nearest_other < self.threshold:
             warnings.append(f"another face in the person's photos is {nearest_other:.3f} from them, within the "
                             f"threshold {self.threshold:.3f}: leakage near the threshold is not trustworthy")
+        held = [n for n, h in zip(self.names, self.held_out) if h]
         return {"photos": list(self.names), "skipped": list(self.skipped), "calibration": self.calibration.to_json(),
-                "other_faces": len(self.other_distances), "nearest_other": _round(nearest_other), "warnings": warnings}
+                "other_faces": len(self.other_distances), "nearest_other": _round(nearest_other), "warnings": warnings,
+                "held_out": held, "judged_on": "held-out photos" if self.judged_on_held_out else "all photos",
+                "copy_baseline": _round(self.copy_baseline())}
+
+
+def with_held_out(person: PersonModel, names) -> PersonModel:
+    """The person with the photos named in `names` marked held out (never trained on)."""
+    names = set(names)
+    return replace(person, held_out=tuple(n in names for n in person.names))
 
 
 def person_faces(faces_per_photo: Sequence[Sequence[Face]], reference: np.ndarray | None = None,
@@ -215,9 +269,10 @@ class FaceReading:
     """One face of a generated image, judged against the person."""
 
     face: Face
-    distance: float  # mean distance to the person's embeddings
+    distance: float  # mean distance to the person's embeddings (the held-out ones when judged on them)
     nearest: float  # distance to the closest of them
     is_person: bool  # distance < the person's threshold
+    copy: float | None = None  # PersonModel.copy_score (None without held-out photos)
 
 
 @dataclass(frozen=True)
@@ -242,7 +297,8 @@ class Reading:
         closest = self.closest
         return {"width": self.width, "height": self.height, "found": self.found,
                 "faces": [{"box": list(f.face.box), "score": round(f.face.score, 3), "distance": round(f.distance, 4),
-                           "nearest": round(f.nearest, 4), "is_person": f.is_person, "closest": f is closest}
+                           "nearest": round(f.nearest, 4), "is_person": f.is_person, "closest": f is closest,
+                           "copy": _round(f.copy)}
                           for f in self.faces]}
 
 
@@ -251,7 +307,8 @@ def judge_faces(faces: Sequence[Face], person: PersonModel, width: int, height: 
     judged = []
     for face in faces:
         d = person.distances(face.embedding)
-        judged.append(FaceReading(face, float(d.mean()), float(d.min()), float(d.mean()) < person.threshold))
+        judged.append(FaceReading(face, float(d.mean()), float(d.min()), float(d.mean()) < person.threshold,
+                                  person.copy_score(face.embedding)))
     return Reading(width, height, tuple(judged))
 
 
@@ -287,6 +344,16 @@ def set_metrics(readings: Sequence[Reading]) -> dict:
             "closest_distance_mean": _round(float(np.mean(closest)) if closest else None),
             "closest_distance_median": _round(float(np.median(closest)) if closest else None),
             "leakage": _round(leak), "leakage_others": others}
+
+
+def copy_metrics(readings: Sequence[Reading], person: PersonModel) -> dict:
+    """Over the person's faces found in `readings` (trigger prompts): the median copy score, the held-out
+    photos' baseline, and `copy` = the first minus the second (None without held-out photos or faces)."""
+    scores = [r.closest.copy for r in readings if r.found and r.closest.copy is not None]
+    baseline = person.copy_baseline()
+    median = float(np.median(scores)) if scores else None
+    return {"copy_faces": len(scores), "copy_score": _round(median), "copy_baseline": _round(baseline),
+            "copy": _round(median - baseline) if median is not None and baseline is not None else None}
 
 
 def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:

@@ -51,7 +51,8 @@ class ToyJudge:
     @staticmethod
     def headline(metrics: dict, kept: dict | None) -> dict:
         return {"likeness": metrics["likeness"], "leakage": metrics["leakage"],
-                "elsewhere": metrics["arthur_elsewhere"], "preservation": kept["agreement"] if kept else None}
+                "elsewhere": metrics["arthur_elsewhere"], "preservation": kept["agreement"] if kept else None,
+                "copy": None}  # the scorer reads who is drawn, not how close to one photo
 
     @staticmethod
     def found(reading) -> bool:
@@ -68,7 +69,8 @@ class ToyJudge:
 
 
 class FaceJudge:
-    """dlib face embeddings against the person's training photos, on the gallery suite of `cfg.eval`."""
+    """dlib face embeddings against the person's photos (the held-out ones, when there are enough), on the
+    gallery suite of `cfg.eval`."""
 
     name = "dlib faces"
 
@@ -79,9 +81,10 @@ class FaceJudge:
 
     @classmethod
     def from_run(cls, cfg, run) -> "FaceJudge":
-        """The person from the run's training photos, anchored on caption.reference when it is set."""
-        from lookalike.evaluate.faces import identity_from_photos
-        from lookalike.evaluate.suite import training_photos
+        """The person from the run's photos, anchored on caption.reference when it is set; the photos the cache
+        held out (dataset.holdout) are marked, so generated faces are judged against them."""
+        from lookalike.evaluate.faces import identity_from_photos, with_held_out
+        from lookalike.evaluate.suite import held_out_photos, training_photos
         from lookalike.ingest.doctor import reference_face, resolve_reference
 
         ref = resolve_reference(cfg)
@@ -90,7 +93,7 @@ class FaceJudge:
         person = identity_from_photos(photos, reference=anchor, side=cfg.doctor.face_side,
                                       min_score=cfg.doctor.min_face_score, same_person=cfg.doctor.face_distance,
                                       where=str(cfg.dataset.photos))
-        return cls(cfg, person)
+        return cls(cfg, with_held_out(person, [p.name for p in held_out_photos(run)]))
 
     def read(self, images) -> list:
         from lookalike.evaluate.faces import read_faces
@@ -99,11 +102,12 @@ class FaceJudge:
 
     def metrics(self, readings: dict) -> dict:
         """One model's numbers from {group: readings}, each group also as `faces.set_metrics`."""
-        from lookalike.evaluate.faces import leakage, likeness, set_metrics
+        from lookalike.evaluate.faces import copy_metrics, leakage, likeness, set_metrics
 
         leak, others = leakage(readings.get("group", []))
         out = {"likeness": likeness(readings["trigger"]), "leakage": leak, "leakage_others": others,
                "person_elsewhere": likeness(readings.get("plain", [])), "empty": likeness(readings.get("empty", []))}
+        out.update(copy_metrics(readings["trigger"], self.person))
         out.update({f"{g}_faces": set_metrics(r) for g, r in readings.items()})
         return out
 
@@ -120,7 +124,8 @@ class FaceJudge:
     @staticmethod
     def headline(metrics: dict, kept: dict | None) -> dict:
         return {"likeness": metrics["likeness"], "leakage": metrics["leakage"],
-                "elsewhere": metrics["person_elsewhere"], "preservation": kept["agreement"] if kept else None}
+                "elsewhere": metrics["person_elsewhere"], "preservation": kept["agreement"] if kept else None,
+                "copy": metrics.get("copy")}
 
     @staticmethod
     def found(reading) -> bool:

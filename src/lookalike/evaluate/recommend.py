@@ -5,8 +5,9 @@ preservation in bounds; and which LoRA file a run's later commands (`generate --
 preservation, each 0-1 or None). A checkpoint under `eval.min_likeness` (or whose likeness could not be
 counted) has not learned the person and is never recommended, however well it keeps the base model: a
 LoRA that changed nothing keeps everything. A None leakage, elsewhere or preservation could not be
-counted (e.g. no other person was drawn, so leakage has nothing to count) and does not disqualify; the
-reason says so. Ties in likeness go to the earlier step: fewer steps have had less chance to overwrite
+counted (e.g. no other person was drawn, so leakage has nothing to count; copy needs held-out photos)
+and does not disqualify; the reason says so. A checkpoint whose copy score (`evaluate.faces`) exceeds
+`eval.max_copy` draws the person as copies of the training photos, not as the person: it is refused. Ties in likeness go to the earlier step: fewer steps have had less chance to overwrite
 what the base model knew.
 """
 
@@ -19,7 +20,7 @@ from lookalike.errors import LookalikeError
 
 # (score, bound setting, the bound is a ceiling?) in the order a reader checks them
 BOUNDS = (("leakage", "max_leakage", True), ("elsewhere", "max_elsewhere", True),
-          ("preservation", "min_preservation", False))
+          ("preservation", "min_preservation", False), ("copy", "max_copy", True))
 
 # What to change when no checkpoint learned the person, most likely cause first.
 NOT_LEARNED_FIXES = ("train longer (raise train.epochs, or train.max_steps if it is set)",
@@ -70,11 +71,12 @@ def recommend(rows: list[dict], bounds) -> dict:
                 "reason": with_fixes(finding, OUT_OF_BOUNDS_FIXES)}
     pick = max(ok, key=_likeness_then_early)
     s = pick["scores"]
-    unknown = [k for k, _, _ in BOUNDS if s.get(k) is None]
+    unknown = [k for k, _, _ in BOUNDS if s.get(k) is None and k != "copy"]  # copy: only with held-out photos
     reason = (f"best likeness ({_fmt(s['likeness'])}) of the {len(ok)} of {len(rows)} checkpoints within the bounds "
               f"(likeness >= {bounds.min_likeness:g}, leakage {_fmt(s['leakage'])} <= {bounds.max_leakage:g}, "
               f"person in prompts without the trigger {_fmt(s['elsewhere'])} <= {bounds.max_elsewhere:g}, preservation "
-              f"{_fmt(s['preservation'])} >= {bounds.min_preservation:g})")
+              f"{_fmt(s['preservation'])} >= {bounds.min_preservation:g}"
+              + (f", copy score {_fmt(s['copy'])} <= {bounds.max_copy:g}" if s.get("copy") is not None else "") + ")")
     if unknown:
         reason += f"; not counted, so not checked: {', '.join(unknown)}"
     if rejected:

@@ -144,6 +144,7 @@ def metrics_section(metrics: dict | None, bounds, run: Path) -> str:
         return "<h2>Metrics</h2>" + _missing("No evaluation", f"lookalike eval {run}")
     rows, pick = metrics["checkpoints"], metrics["recommendation"]["name"]
     extra = [k for k in ("prompt_following", "empty") if k in metrics["base"]["metrics"]]
+    extra += ["copy"] if any(r["lora"].get("copy") is not None for r in rows) else []  # with held-out photos
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in HEADLINE) + "".join(
         f"<th>{html.escape(k.replace('_', ' '))}</th>" for k in extra)
     body = [_table_row("base", metrics["base"]["scores"], metrics["base"]["metrics"], extra, bounds, False)]

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 STAGE = "eval"
 STEP_FILE = re.compile(r"step-(\d+)\.safetensors$")
 # the eval settings a recommendation is made with, saved beside it (the report shows these, not the config's)
-BOUND_SETTINGS = ("min_likeness", "max_leakage", "max_elsewhere", "min_preservation")
+BOUND_SETTINGS = ("min_likeness", "max_leakage", "max_elsewhere", "min_preservation", "max_copy")
 
 
 @dataclass(frozen=True)

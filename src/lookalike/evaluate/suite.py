@@ -89,6 +89,16 @@ def is_toy(cfg) -> bool:
     return cfg.model.source == "lookalike:toy"
 
 
+def held_out_photos(run) -> list["Path"]:  # noqa: F821
+    """The person's photos the cache held out of training (dataset.holdout), from RUN/cache/index.json."""
+    from pathlib import Path
+
+    if not run.cache_index.is_file():
+        return []
+    items = json.loads(run.cache_index.read_text())["items"]
+    return [Path(it["photo"]) for it in items if it.get("holdout") and not it.get("grounding")]
+
+
 def training_photos(cfg, run) -> list[tuple["Path", str]]:  # noqa: F821
     """(photo, caption) of each of the person's training photos: RUN/cache/index.json (grounding photos of
     other people left out), or the photos folder when the run was not cached yet."""

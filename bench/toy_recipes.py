@@ -1,0 +1,187 @@
+"""Identity recipes in the toy world: which way of keeping "everyone looks like me" away works best.
+
+    python bench/toy_recipes.py run RECIPE --seed 0 [--curve] [--out bench/results/toy-recipes.jsonl]
+    python bench/toy_recipes.py table [--out bench/results/toy-recipes.jsonl]
+
+Each run is the demo's path (Arthur's 40 photos, the `toy` preset, 800 optimiser steps, training seed
+`--seed` = runtime.seed), with one recipe's settings, and `train.ema_decay` on so that one run gives both
+the raw final weights and their moving average. Both are drawn on the demo's suite (10 prompts without
+Arthur, 10 with him, seeds 0-3) beside the base model, and read by the toy scorer. `--curve` also draws
+the trigger prompts for every 100-step snapshot (the average) to find the first step with likeness >= 0.8.
+One JSON line per run is appended to `--out`; `table` prints the Markdown table of all lines, the mean
+and the range over training seeds per recipe and weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STEPS = 800
+EMA = 0.99
+CLASS = "dataset.class_phrase=a man"
+# name -> (scenes of other people as dataset.grounding, settings on top of the toy preset)
+RECIPES = {
+    "none": (0, []),
+    "others": (40, []),  # the toy preset today: 40 captioned scenes of other people, target base, weight 4
+    "ground": (0, ["ground.count=40", CLASS]),  # 40 images the base model draws from Arthur's captions
+    "class-prior": (0, ["train.class_prior_weight=1", CLASS]),
+    "class-prior4": (0, ["train.class_prior_weight=4", CLASS]),
+    "blank": (0, ["train.blank_prior_weight=1"]),
+    "ground+class-prior": (0, ["ground.count=40", CLASS, "train.class_prior_weight=1"]),
+    "others+class-prior": (40, ["train.class_prior_weight=1", CLASS]),
+    "ground+blank": (0, ["ground.count=40", CLASS, "train.blank_prior_weight=1"]),
+    "ground80": (0, ["ground.count=80", CLASS]),
+}
+FIELDS = ("likeness", "arthur_elsewhere", "leakage", "agreement", "prompt_following")
+
+
+def _metrics(suite, base, tuned) -> dict:
+    from lookalike.toy.metrics import model_metrics, preservation
+
+    m = model_metrics(suite, tuned.plain_readings, tuned.trigger_readings)
+    m["agreement"] = preservation(base.plain_readings, tuned.plain_readings, base.plain_images,
+                                  tuned.plain_images)["agreement"]
+    return m
+
+
+def run(recipe: str, seed: int, curve: bool, out: Path, keep: Path | None) -> dict:
+    from lookalike.config import LoraSpec
+    from lookalike.config import save_config
+    from lookalike.data.cache import build_cache
+    from lookalike.data.ground import ground_stage
+    from lookalike.generate import prepare_pipeline, settings_from_config
+    from lookalike.models.source import model_source
+    from lookalike.rundir import RunDir
+    from lookalike.runtime import decide_runtime
+    from lookalike.toy.demo import demo_config, draw_suite, write_dataset, write_others
+    from lookalike.toy.metrics import make_suite
+    from lookalike.toy.scorer import Scorer
+    from lookalike.train.run import train_stage
+
+    others, sets = RECIPES[recipe]
+    folder = keep or Path(tempfile.mkdtemp(prefix=f"toy-{recipe}-{seed}-"))
+    rd = RunDir(folder)
+    overrides = [*sets, f"runtime.seed={seed}", f"train.max_steps={STEPS}", "train.epochs=1000",
+                 f"train.ema_decay={EMA}", "train.sample_every=1000"]
+    cfg = demo_config(folder / "photos", overrides)
+    write_dataset(folder / "photos", trigger=cfg.dataset.trigger)
+    if others:
+        write_others(folder / "others", others)
+        cfg.dataset.grounding = str((folder / "others").resolve())
+    save_config(cfg, rd.config_path)
+    started = time.time()
+    if cfg.ground.count:
+        ground_stage(cfg, rd)
+    build_cache(cfg, rd)
+    report = train_stage(cfg, rd)
+    train_seconds = time.time() - started
+
+    scorer = Scorer.load()
+    suite = make_suite(plain=10, trigger=10, seeds=4, trigger_word=cfg.dataset.trigger)
+    texts = [p.text for p in suite.plain + suite.trigger]
+    runtime = decide_runtime(cfg.runtime.device, cfg.runtime.dtype)
+    settings = settings_from_config(cfg.generate)
+
+    def drawn(lora: Path | None):
+        loras = [LoraSpec(path=str(lora))] if lora else []
+        return draw_suite(prepare_pipeline(model_source(cfg.model), runtime, texts, settings, loras=loras), suite, scorer)
+
+    base = drawn(None)
+    row = {"recipe": recipe, "seed": seed, "steps": report.steps, "others": others, "overrides": overrides,
+           "train_seconds": round(train_seconds, 1), "date": time.strftime("%Y-%m-%d"),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {_threads()}",
+           "raw": _metrics(suite, base, drawn(rd.lora_raw)), "ema": _metrics(suite, base, drawn(rd.lora))}
+    if curve:
+        row["curve"] = _curve(cfg, rd, suite, scorer, runtime, settings)
+        row["first_0.8"] = next((step for step, v in row["curve"] if v >= 0.8), None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+def _curve(cfg, rd, suite, scorer, runtime, settings) -> list:
+    """(step, likeness) of every snapshot (the moving average), trigger prompts only."""
+    from lookalike.config import LoraSpec
+    from lookalike.evaluate.run import draw
+    from lookalike.evaluate.suite import EvalSuite
+    from lookalike.generate import prepare_pipeline
+    from lookalike.models.source import model_source
+    from lookalike.toy.metrics import likeness
+
+    texts = tuple(p.text for p in suite.trigger)
+    points = []
+    for path in sorted(rd.checkpoints_dir.glob("step-*.safetensors")):
+        ready = prepare_pipeline(model_source(cfg.model), runtime, texts, settings, loras=[LoraSpec(path=str(path))])
+        d = draw(ready, EvalSuite((("trigger", texts),), tuple(suite.seeds)), scorer, None)
+        points.append((int(path.stem.split("-")[1]), likeness(d.readings["trigger"])))
+    return points
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def table(out: Path) -> str:
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    by = {}
+    for r in rows:
+        by.setdefault(r["recipe"], []).append(r)
+    lines = ["| recipe | weights | seeds | likeness | Arthur in prompts without him | leakage | attribute agreement | "
+             "prompt following | first step at likeness 0.8 |", "|" + " --- |" * 9]
+
+    def cell(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return "n/a"
+        if len(values) == 1:
+            return f"{values[0]:.3f}"
+        return f"{statistics.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+    for recipe in RECIPES:
+        runs = sorted(by.get(recipe, []), key=lambda r: r["seed"])
+        if not runs:
+            continue
+        for weights in ("raw", "ema"):
+            cells = [cell([r[weights][k] for r in runs]) for k in FIELDS]
+            first = ", ".join(str(r.get("first_0.8")) for r in runs) if weights == "ema" and any("curve" in r for r in runs) else ""
+            lines.append(f"| {recipe} | {'EMA ' + str(EMA) if weights == 'ema' else 'raw'} | "
+                         f"{','.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + f" | {first} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("recipe", choices=list(RECIPES))
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--curve", action="store_true")
+    r.add_argument("--keep", type=Path)
+    t = sub.add_parser("table")
+    for p in (r, t):
+        p.add_argument("--out", type=Path, default=Path("bench/results/toy-recipes.jsonl"))
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.what == "table":
+        print(table(args.out))
+        return
+    from lookalike.toy.pretrain import quiet_text_libraries
+
+    quiet_text_libraries()
+    row = run(args.recipe, args.seed, args.curve, args.out, args.keep)
+    print(json.dumps({k: row[k] for k in ("recipe", "seed", "raw", "ema", "train_seconds")}), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
