@@ -39,6 +39,13 @@ RECIPES = {
     "others+class-prior": (40, ["train.class_prior_weight=1", CLASS]),
     "ground+blank": (0, ["ground.count=40", CLASS, "train.blank_prior_weight=1"]),
     "ground80": (0, ["ground.count=80", CLASS]),
+    "ground+others": (40, ["ground.count=40", CLASS]),
+    # the drawn people described as the toy world's captions describe people (hair, beard), in turn
+    "ground-varied": (0, ["ground.count=40", "ground.phrases=['a man with brown hair', 'a woman with red hair', "
+                          "'a man with black hair and a beard', 'a woman with blonde hair', 'a man with grey hair']"]),
+    # a constant learning rate (the write-up's schedule), where an average of the weights should matter most
+    "others-constant": (40, ["train.schedule=constant", "train.learning_rate=1e-3"]),
+    "ground-constant": (0, ["ground.count=40", CLASS, "train.schedule=constant", "train.learning_rate=1e-3"]),
 }
 FIELDS = ("likeness", "arthur_elsewhere", "leakage", "agreement", "prompt_following")
 

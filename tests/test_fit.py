@@ -244,3 +244,20 @@ def test_ctrl_c_in_a_stage_without_its_own_handling_says_how_to_continue(tmp_pat
     opts = pipeline.FitOptions(command="lookalike fit photos --trigger Arthur")
     with pytest.raises(Interrupted, match=r"to continue, run the same command again: `lookalike fit photos --trigger Arthur`"):
         pipeline.fit(load_config(None, preset="toy"), RunDir(tmp_path / "run"), opts, print)
+
+
+def test_fit_counts_grounding_images_in_what_it_asks_to_spend(tmp_path):
+    """Drawing grounding images costs GPU time: said with an estimate and asked before, like training."""
+    from lookalike import pipeline
+    from lookalike.config import load_config
+    from lookalike.errors import ConfigError
+
+    cfg = load_config(None, preset="toy", overrides=["ground.count=40", "dataset.class_phrase=a man"])
+    said = []
+    with pytest.raises(ConfigError, match=r"fit would now spend 40 grounding image\(s\) and 800 training steps; add --yes"):
+        pipeline._confirm(cfg, pipeline.FitOptions(command="lookalike fit"), None, 40, 800, False, said.append)
+    assert said[0].startswith("ground: 40 images of 20 steps, ~15 s (estimate: the toy model's measured speed")
+    assert said[1].startswith("train: 800 training steps")
+    no_phrase = load_config(None, preset="toy", overrides=["ground.count=40"])
+    with pytest.raises(ConfigError, match="dataset.class_phrase"):  # refused before anything is paid for
+        pipeline._ground_plan(no_phrase, None, {"requests": 3})
