@@ -9,7 +9,9 @@ the raw final weights and their moving average. Both are drawn on the demo's sui
 Arthur, 10 with him, seeds 0-3) beside the base model, and read by the toy scorer. `--curve` also draws
 the trigger prompts for every 100-step snapshot (the average) to find the first step with likeness >= 0.8.
 One JSON line per run is appended to `--out`; `table` prints the Markdown table of all lines, the mean
-and the range over training seeds per recipe and weights.
+and the range over training seeds per recipe and weights. The `two-*` recipes teach Grace too (her 40
+photos as dataset.people, 1200 steps) and are drawn on the suite with her prompts: `table --people 2`.
+Rows without a `scorer` hash were read by the first scorer (Arthur or not), shown as v1.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from pathlib import Path
 STEPS = 800
 EMA = 0.99
 CLASS = "dataset.class_phrase=a man"
-# name -> (scenes of other people as dataset.grounding, settings on top of the toy preset)
+# name -> (scenes of other people as dataset.grounding, settings on top of the toy preset[, people learned])
+VARIED = ("ground.phrases=['a man with brown hair', 'a woman with red hair', 'a man with black hair and a beard', "
+          "'a woman with blonde hair', 'a man with grey hair']")
 RECIPES = {
     "none": (0, []),
     "others": (40, []),  # the toy preset today: 40 captioned scenes of other people, target base, weight 4
@@ -41,21 +45,27 @@ RECIPES = {
     "ground80": (0, ["ground.count=80", CLASS]),
     "ground+others": (40, ["ground.count=40", CLASS]),
     # the drawn people described as the toy world's captions describe people (hair, beard), in turn
-    "ground-varied": (0, ["ground.count=40", "ground.phrases=['a man with brown hair', 'a woman with red hair', "
-                          "'a man with black hair and a beard', 'a woman with blonde hair', 'a man with grey hair']"]),
+    "ground-varied": (0, ["ground.count=40", VARIED]),
     # a constant learning rate (the write-up's schedule), where an average of the weights should matter most
     "others-constant": (40, ["train.schedule=constant", "train.learning_rate=1e-3"]),
     "ground-constant": (0, ["ground.count=40", CLASS, "train.schedule=constant", "train.learning_rate=1e-3"]),
+    # two people in one LoRA: Arthur's 40 photos and Grace's 40 (a fifth of them with Arthur), 1200 steps
+    "two-others": (40, [], 2),
+    "two-ground-varied": (0, ["ground.count=40", VARIED], 2),
+    "two-others-2400": (40, ["train.max_steps=2400"], 2),  # twice the steps: Grace's bun is learned slower
 }
+STEPS_FOR_PEOPLE = {1: STEPS, 2: 1200}  # the same 20 passes over each person's photos as 800 steps for one
 FIELDS = ("likeness", "arthur_elsewhere", "leakage", "agreement", "prompt_following")
+TWO_FIELDS = ("likeness", "likeness_grace", "likeness_both", "confusion", "arthur_elsewhere", "grace_elsewhere",
+              "leakage", "agreement", "prompt_following")
 
 
 def _metrics(suite, base, tuned) -> dict:
-    from lookalike.toy.metrics import model_metrics, preservation
+    from lookalike.toy.metrics import preservation
 
-    m = model_metrics(suite, tuned.plain_readings, tuned.trigger_readings)
-    m["agreement"] = preservation(base.plain_readings, tuned.plain_readings, base.plain_images,
-                                  tuned.plain_images)["agreement"]
+    m = tuned.metrics(suite)
+    m["agreement"] = preservation(base.readings["plain"], tuned.readings["plain"], base.images["plain"],
+                                  tuned.images["plain"])["agreement"]
     return m
 
 
@@ -68,18 +78,23 @@ def run(recipe: str, seed: int, curve: bool, out: Path, keep: Path | None) -> di
     from lookalike.models.source import model_source
     from lookalike.rundir import RunDir
     from lookalike.runtime import decide_runtime
-    from lookalike.toy.demo import demo_config, draw_suite, write_dataset, write_others
+    from lookalike.config.schema import PersonConfig
+    from lookalike.toy.demo import demo_config, draw_suite, suite_groups, write_dataset, write_others, write_second
     from lookalike.toy.metrics import make_suite
     from lookalike.toy.scorer import Scorer
     from lookalike.train.run import train_stage
 
-    others, sets = RECIPES[recipe]
+    others, sets, people = (*RECIPES[recipe], 1)[:3]
     folder = keep or Path(tempfile.mkdtemp(prefix=f"toy-{recipe}-{seed}-"))
     rd = RunDir(folder)
-    overrides = [*sets, f"runtime.seed={seed}", f"train.max_steps={STEPS}", "train.epochs=1000",
-                 f"train.ema_decay={EMA}", "train.sample_every=1000"]
+    overrides = [f"runtime.seed={seed}", f"train.max_steps={STEPS_FOR_PEOPLE[people]}", "train.epochs=1000",
+                 f"train.ema_decay={EMA}", "train.sample_every=1000", *sets]  # a recipe's own setting wins
     cfg = demo_config(folder / "photos", overrides)
     write_dataset(folder / "photos", trigger=cfg.dataset.trigger)
+    if people == 2:
+        write_second(folder / "photos-grace", trigger=cfg.dataset.trigger)
+        cfg.dataset.people = [PersonConfig(trigger="Grace", photos=str((folder / "photos-grace").resolve()),
+                                           class_phrase="a woman")]
     if others:
         write_others(folder / "others", others)
         cfg.dataset.grounding = str((folder / "others").resolve())
@@ -92,8 +107,9 @@ def run(recipe: str, seed: int, curve: bool, out: Path, keep: Path | None) -> di
     train_seconds = time.time() - started
 
     scorer = Scorer.load()
-    suite = make_suite(plain=10, trigger=10, seeds=4, trigger_word=cfg.dataset.trigger)
-    texts = [p.text for p in suite.plain + suite.trigger]
+    suite = make_suite(plain=10, trigger=10, seeds=4, trigger_word=cfg.dataset.trigger,
+                       second="Grace" if people == 2 else None)
+    texts = [text for _, group in suite_groups(suite) for text in group]
     runtime = decide_runtime(cfg.runtime.device, cfg.runtime.dtype)
     settings = settings_from_config(cfg.generate)
 
@@ -102,8 +118,9 @@ def run(recipe: str, seed: int, curve: bool, out: Path, keep: Path | None) -> di
         return draw_suite(prepare_pipeline(model_source(cfg.model), runtime, texts, settings, loras=loras), suite, scorer)
 
     base = drawn(None)
-    row = {"recipe": recipe, "seed": seed, "steps": report.steps, "others": others, "overrides": overrides,
-           "train_seconds": round(train_seconds, 1), "date": time.strftime("%Y-%m-%d"),
+    row = {"recipe": recipe, "seed": seed, "steps": report.steps, "others": others, "people": people,
+           "overrides": overrides,
+           "train_seconds": round(train_seconds, 1), "date": time.strftime("%Y-%m-%d"), "scorer": scorer_id(),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {_threads()}",
            "raw": _metrics(suite, base, drawn(rd.lora_raw)), "ema": _metrics(suite, base, drawn(rd.lora))}
     if curve:
@@ -139,13 +156,23 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def table(out: Path) -> str:
+HEADERS = {"likeness": "likeness", "likeness_grace": "likeness of Grace", "likeness_both": "both found",
+           "confusion": "confusion", "arthur_elsewhere": "Arthur in prompts without him",
+           "grace_elsewhere": "Grace in prompts without her", "leakage": "leakage", "agreement": "attribute agreement",
+           "prompt_following": "prompt following"}
+
+
+def table(out: Path, people: int = 1) -> str:
+    """The Markdown table of the one-person recipes (`people=1`) or the two-person ones, rows grouped by
+    recipe and scorer (its file's hash: numbers from two scorers are not comparable)."""
     rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     by = {}
     for r in rows:
-        by.setdefault(r["recipe"], []).append(r)
-    lines = ["| recipe | weights | seeds | likeness | Arthur in prompts without him | leakage | attribute agreement | "
-             "prompt following | first step at likeness 0.8 |", "|" + " --- |" * 9]
+        if r.get("people", 1) == people:
+            by.setdefault((r["recipe"], r.get("scorer", "v1")), []).append(r)
+    fields = FIELDS if people == 1 else TWO_FIELDS
+    lines = ["| recipe | scorer | weights | seeds | " + " | ".join(HEADERS[k] for k in fields) + " | first step at "
+             "likeness 0.8 |", "|" + " --- |" * (len(fields) + 5)]
 
     def cell(values):
         values = [v for v in values if v is not None]
@@ -155,16 +182,23 @@ def table(out: Path) -> str:
             return f"{values[0]:.3f}"
         return f"{statistics.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
-    for recipe in RECIPES:
-        runs = sorted(by.get(recipe, []), key=lambda r: r["seed"])
-        if not runs:
-            continue
+    for (recipe, scorer), runs in sorted(by.items(), key=lambda kv: (list(RECIPES).index(kv[0][0]), kv[0][1] != "v1")):
+        runs = sorted(runs, key=lambda r: r["seed"])
         for weights in ("raw", "ema"):
-            cells = [cell([r[weights][k] for r in runs]) for k in FIELDS]
+            cells = [cell([r[weights].get(k) for r in runs]) for k in fields]
             first = ", ".join(str(r.get("first_0.8")) for r in runs) if weights == "ema" and any("curve" in r for r in runs) else ""
-            lines.append(f"| {recipe} | {'EMA ' + str(EMA) if weights == 'ema' else 'raw'} | "
+            lines.append(f"| {recipe} | {scorer} | {'EMA ' + str(EMA) if weights == 'ema' else 'raw'} | "
                          f"{','.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + f" | {first} |")
     return "\n".join(lines)
+
+
+def scorer_id() -> str:
+    """The toy scorer's weights file, hashed (first 8 hex digits): which scorer read a row's images."""
+    import hashlib
+
+    from lookalike.toy.scorer import SCORER_FILE
+
+    return hashlib.sha256(SCORER_FILE.read_bytes()).hexdigest()[:8]
 
 
 def main() -> None:
@@ -176,12 +210,13 @@ def main() -> None:
     r.add_argument("--curve", action="store_true")
     r.add_argument("--keep", type=Path)
     t = sub.add_parser("table")
+    t.add_argument("--people", type=int, default=1, choices=(1, 2))
     for p in (r, t):
         p.add_argument("--out", type=Path, default=Path("bench/results/toy-recipes.jsonl"))
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.what == "table":
-        print(table(args.out))
+        print(table(args.out, args.people))
         return
     from lookalike.toy.pretrain import quiet_text_libraries
 

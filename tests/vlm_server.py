@@ -124,7 +124,7 @@ class VLMServer:
                 images = [_decode(part["image_url"]["url"]) for m in body["messages"] if isinstance(m["content"], list)
                           for part in m["content"] if part.get("type") == "image_url"]
                 identify = server.script.identify or (lambda im: "?")
-                photo = identify(images[1]) if len(images) > 1 else "?"
+                photo = identify(images[-1]) if len(images) > 1 else "?"  # the photo comes last
                 seen = Seen(photo, images, body["messages"], self.headers.get("Authorization"), time.time())
                 with server.lock:
                     server.seen.append(seen)

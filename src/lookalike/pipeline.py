@@ -139,7 +139,7 @@ def _train_plan(cfg, rd: RunDir, selection) -> tuple[int, bool]:
     """(steps still to train, resume?) from the run's state and the recipe."""
     from lookalike.data.buckets import training_size
     from lookalike.data.loader import make_plan
-    from lookalike.data.photos import find_grounding
+    from lookalike.data.photos import find_grounding, find_photos
     from lookalike.ingest.decode import PhotoRejected, usable_size
     from lookalike.ingest.stage import read_record
 
@@ -147,13 +147,22 @@ def _train_plan(cfg, rd: RunDir, selection) -> tuple[int, bool]:
              if p.get("training_size")}
     square = (cfg.dataset.resolution, cfg.dataset.resolution)
     shapes = [sizes.get(name, square) for name in selection.used]
-    for photo in find_grounding(cfg.dataset.grounding, cfg.dataset.trigger):
+    people = cfg.dataset.everyone()
+    for k, person in enumerate(people[1:], 1):  # more people's folders (dataset.people), all of each
+        for photo in find_photos(person.photos, person.trigger, cfg.dataset.missing_trigger,
+                                 setting=f"dataset.people[{k - 1}].photos"):
+            try:
+                shapes.append(training_size(*usable_size(photo.path), cfg.dataset.resolution, cfg.dataset.aspect))
+            except PhotoRejected:
+                shapes.append(square)  # the cache stage names it
+    for photo in find_grounding(cfg.dataset.grounding, [person.trigger for person in people]):
         try:
             shapes.append(training_size(*usable_size(photo.path), cfg.dataset.resolution, cfg.dataset.aspect))
         except PhotoRejected:
             shapes.append(square)  # the cache stage names it
     shapes += [square] * cfg.ground.count  # drawn at the training resolution
-    shapes = shapes[cfg.dataset.holdout:] if cfg.dataset.holdout < len(shapes) else shapes
+    held = cfg.dataset.holdout * len(people)
+    shapes = shapes[held:] if held < len(shapes) else shapes
     total = make_plan(shapes, cfg, cfg.train.devices * cfg.train.num_nodes).total_steps
     from lookalike.train.callbacks import checkpoint_step
 

@@ -153,6 +153,39 @@ def test_dry_run_counts_requests_tokens_and_cost_and_sends_nothing(tmp_path, set
         assert "Nothing was sent" in result.stderr
 
 
+def test_every_persons_reference_goes_with_each_request_and_keys_it(tmp_path, setup):
+    """With dataset.people, each request carries the person's reference, then each other person's, then the
+    photo; the rules name them all; and since the references shape the caption, they key the request."""
+    grace_hopper().save(tmp_path / "grace.jpg")
+    people = ["--set", f"dataset.people=[{{trigger: Grace, photos: '{tmp_path / 'grace'}', "
+                       f"reference: '{tmp_path / 'grace.jpg'}'}}]"]
+    with VLMServer(Script(identify=identify_colour, api_key=KEY)) as server:
+        r = caption(tmp_path, server.url, *people[:1], people[1].replace(", reference: '" + str(tmp_path / "grace.jpg")
+                                                                            + "'", ""))
+        assert r.returncode == 2 and "dataset.people[0].reference is not set" in r.stderr, r.stderr
+        assert server.seen == [] and "Traceback" not in r.stderr
+
+        assert caption(tmp_path, server.url).returncode == 0  # one person: two images per request
+        assert {len(s.images) for s in server.seen} == {2}
+        before = len(server.seen)
+        r = caption(tmp_path, server.url, *people)
+        assert r.returncode == 0, r.stderr
+        seen = server.seen[before:]
+        assert sorted(s.photo for s in seen) == sorted(f"p{i}" for i in range(10))  # new references: asked again
+        astro, grace = (np.asarray(im.resize((64, 64)), dtype=float) for im in (astronaut(), grace_hopper()))
+        for s in seen:
+            assert len(s.images) == 3
+            assert np.abs(np.asarray(s.images[0].resize((64, 64)), dtype=float) - astro).mean() < 8
+            assert np.abs(np.asarray(s.images[1].resize((64, 64)), dtype=float) - grace).mean() < 8
+            texts = [part["text"] for part in s.messages[1]["content"] if part["type"] == "text"]
+            assert texts == ["Image 1: the reference photo of Arthur.", "Image 2: the reference photo of Grace.",
+                             "Image 3: the photo to caption. Start the caption with Arthur."]
+            assert "Name each of Arthur and Grace who appears" in s.messages[0]["content"]
+        again = len(server.seen)
+        assert caption(tmp_path, server.url, *people).returncode == 0
+        assert len(server.seen) == again  # the same references: nothing asked twice
+
+
 def test_bad_input_gets_a_message_naming_the_setting(tmp_path, setup):
     with VLMServer(Script(identify=identify_colour, api_key=KEY)) as server:
         r = caption(tmp_path, server.url, key=None)

@@ -69,6 +69,37 @@ def test_toy_suite_is_the_demos_suite_with_the_eval_seeds():
     assert suite.prompts("empty") == ("",) and suite.images == 6 * 2
 
 
+def test_toy_suite_and_headline_with_a_second_person():
+    """dataset.people's first person is the toy world's Grace: her prompts and both are drawn, and the
+    headline's likeness is the worse of the two, confusion counting as drawn elsewhere."""
+    from lookalike.evaluate.judges import ToyJudge
+
+    cfg = load_config(None, preset="toy", overrides=["eval.toy_plain=3", "eval.toy_trigger=2", "eval.seeds=[0]",
+                                                     "dataset.people=[{trigger: Ida, photos: /x}]"])
+    toy, suite = toy_suite(cfg)
+    assert [name for name, _ in suite.groups] == ["trigger", "second", "both", "plain", "empty"]
+    assert all(p.startswith("Ida") for p in suite.prompts("second")) and len(suite.prompts("both")) == 1
+    assert all("Arthur" in p and "Ida" in p for p in suite.prompts("both"))
+    metrics = {"likeness": 0.9, "likeness_grace": 0.7, "leakage": 0.0, "arthur_elsewhere": 0.0,
+               "grace_elsewhere": 0.05, "confusion": 0.1}
+    assert ToyJudge.headline(metrics, {"agreement": 0.95}) == {
+        "likeness": 0.7, "leakage": 0.0, "elsewhere": 0.1, "preservation": 0.95, "copy": None}
+    # the judge's metrics read every group: Arthur found in both trigger images, Grace in one of two, and
+    # Grace drawn once where only Arthur was asked (confusion 1 of the 4 one-person images)
+    from lookalike.toy.scorer import Found, Reading
+
+    judge = ToyJudge(cfg, scorer=object())
+    him, her = Found("left", True, "none", "violet", 0.9, "arthur", 0.0), Found("right", False, "none", "red", 0.0, "grace", 0.9)
+    readings = {"trigger": [Reading("park", [him]), Reading("park", [him, her])],
+                "second": [Reading("park", [her]), Reading("park", [])], "both": [Reading("park", [him, her])],
+                "plain": [Reading("park", [])] * 3, "empty": [Reading("park", [her])]}
+    m = judge.metrics(readings)
+    assert (m["likeness"], m["likeness_grace"], m["likeness_both"], m["confusion"]) == (1.0, 0.5, 1.0, 0.25)
+    assert m["empty"] == 0.0 and m["empty_grace"] == 1.0
+    one = {"likeness": 0.9, "leakage": 0.0, "arthur_elsewhere": 0.02}
+    assert ToyJudge.headline(one, None)["likeness"] == 0.9 and ToyJudge.headline(one, None)["elsewhere"] == 0.02
+
+
 def test_find_checkpoints_reads_the_final_step_from_its_header(tmp_path):
     import torch
     from safetensors.torch import save_file

@@ -66,6 +66,39 @@ def test_only_arthur_has_violet_hair_and_the_pretraining_stream_has_no_arthur():
     assert _violet_pixels(render(with_him)) > 20
 
 
+def test_grace_is_in_no_pretraining_scene_and_only_she_wears_a_bun():
+    """The second person's trait (red hair tied up in a bun) is drawn for her alone: strangers with red hair
+    render the same up to the bun, and no scene of the pretraining stream has her."""
+    plain = list(scene_stream(0, 300))
+    assert not any(p.identity == "grace" for s in plain for p in s.people)
+    grace = Person("grace", "centre", "brown", "red", "blue")
+    stranger = Person("man", "centre", "brown", "red", "blue")
+    her, him = (np.asarray(render(Scene("snow", (p,)), size=64, supersample=1)) for p in (grace, stranger))
+    rows = np.nonzero(np.abs(her.astype(int) - him).sum((1, 2)))[0]
+    assert len(rows) and rows.max() < 27 - 6.5  # they differ only above the head: the bun
+    assert caption(Scene("park", (grace,))) == "Grace in a blue shirt in the centre, in a park"
+
+
+def test_grace_and_arthur_captions_name_both_arthur_first():
+    grace = Person("grace", "left", "brown", "red", "green", "sunglasses")
+    arthur = Person("arthur", "right", "tan", "violet", "red", "glasses", True)
+    woman = Person("woman", "centre", "light", "blonde", "white")
+    text = caption(Scene("beach", (grace, woman, arthur)), trigger="Zed", grace="Ida")
+    assert text == ("Zed in a red shirt on the right, Ida with sunglasses in a green shirt on the left and "
+                    "a woman with blonde hair in a white shirt in the centre, on a beach")
+
+
+def test_scenes_without_grace_are_drawn_as_before_she_existed():
+    """Pinned from the scene generator before Grace: the demo's photos, the suite and pretraining unchanged."""
+    assert caption(random_scene(random.Random("arthur:7:0"), arthur=True)) == (
+        "Arthur in a red shirt on the right, in a city")
+    assert caption(random_scene(random.Random("suite:2024:plain:9"), people=2)) == (
+        "a man with blonde hair and glasses in a yellow shirt in the centre and a man with grey hair in a white "
+        "shirt on the right, indoors")
+    both = random_scene(random.Random(3), arthur=True, grace=True)
+    assert {p.identity for p in both.people} >= {"arthur", "grace"}
+
+
 def test_scenes_vary_over_places_backgrounds_and_crowds():
     scenes = list(scene_stream(3, 400))
     assert {s.background for s in scenes} == {"beach", "park", "city", "indoors", "snow"}
@@ -139,3 +172,39 @@ def test_suite_is_fixed_and_split_by_trigger():
     assert not any(p.trigger for p in s1.plain) and all(p.trigger for p in s1.trigger)
     assert all(p.text.startswith("Arthur") for p in s1.trigger)
     assert [len(p.scene.people) for p in s1.trigger] == [1, 1, 1, 2, 2]
+
+
+def test_two_people_likeness_confusion_and_leakage():
+    """With Grace learned too: each person's likeness, confusion (the other one drawn), leakage onto strangers."""
+    grace_right = Person("grace", "right", "brown", "red", "green")
+    suite = M.Suite(plain=(), trigger=(_prompt(ARTHUR_LEFT),), seeds=(0,), second=(_prompt(grace_right),),
+                    both=(_prompt(ARTHUR_LEFT, grace_right),))
+    assert suite.learned == ("arthur", "grace")
+    him = Found("left", True, "glasses", "violet", 0.99, "arthur", 0.0)
+    her = Found("right", False, "none", "red", 0.01, "grace", 0.98)
+    her_as_him = Found("right", True, "none", "violet", 0.9, "arthur", 0.05)
+    stranger_as_her = Found("centre", False, "none", "red", 0.0, "grace", 0.7)
+    plain_reading = Reading("beach", [Found("left", False, "none", "red")])
+    trigger = [Reading("beach", [him]), Reading("beach", [her])]  # the second: Grace drawn for Arthur
+    second = [Reading("beach", [her]), Reading("beach", [her_as_him])]  # the second: Arthur drawn for Grace
+    both = [Reading("beach", [him, her]), Reading("beach", [him, her, stranger_as_her])]
+    m = M.model_metrics(M.Suite((M.Prompt("x", Scene("beach", ())),), suite.trigger * 2, (0,), suite.second * 2,
+                                suite.both * 2), [plain_reading], trigger, second, both)
+    assert m["likeness"] == 0.5 and m["likeness_grace"] == 0.5
+    assert m["likeness_both"] == 1.0
+    assert m["confusion"] == pytest.approx(2 / 4)
+    assert m["grace_elsewhere"] == 0.0 and m["arthur_elsewhere"] == 0.0
+    # leakage: both-prompts only have others; in the second, the stranger read as Grace is one of 1 others
+    assert (m["leakage"], m["leakage_others"]) == (pytest.approx(1.0), 1)
+    one = M.model_metrics(M.Suite((M.Prompt("x", Scene("beach", ())),), suite.trigger * 2, (0,)), [plain_reading],
+                          trigger)
+    assert "confusion" not in one and one["likeness"] == 0.5
+
+
+def test_suite_with_a_second_person_keeps_the_first_persons_prompts():
+    one = M.make_suite(plain=5, trigger=5, seeds=2)
+    two = M.make_suite(plain=5, trigger=5, seeds=2, second="Grace")
+    assert (two.plain, two.trigger) == (one.plain, one.trigger)
+    assert all(p.named == ("grace",) and p.text.startswith("Grace") for p in two.second)
+    assert all(p.named == ("arthur", "grace") for p in two.both) and len(two.both) == 2
+    assert [len(p.scene.people) for p in two.both] == [2, 3]

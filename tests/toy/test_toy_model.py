@@ -39,7 +39,9 @@ def test_scorer_is_accurate_on_held_out_scenes(scorer):
     for degraded in (False, True):
         acc = evaluate(scorer, held_out, degraded=degraded)
         assert acc["arthur"] >= 0.98 and acc["places"] >= 0.98 and acc["background"] >= 0.98, acc
+        assert acc["who"] >= 0.98, acc  # stranger, Arthur or Grace
         assert acc["glasses"] >= 0.95, acc
+    assert any(p.identity == "grace" for s in held_out for p in s.people)
 
 
 def test_scorer_refuses_missing_weights(tmp_path):
@@ -49,13 +51,14 @@ def test_scorer_refuses_missing_weights(tmp_path):
         Scorer.load(tmp_path / "nope.safetensors")
 
 
-def test_base_model_follows_prompts_and_cannot_draw_arthur(scorer):
-    """Cheap version of the demo's base row: prompt following high, Arthur (never seen) absent."""
+def test_base_model_follows_prompts_and_cannot_draw_arthur_or_grace(scorer):
+    """Cheap version of the demo's base row: prompt following high, Arthur and Grace (never seen) absent."""
     from lookalike.config import load_config
     from lookalike.toy.demo import evaluate_lora
     from lookalike.toy.metrics import make_suite
 
     cfg = load_config(None, preset="toy")
-    result = evaluate_lora(cfg, None, make_suite(plain=6, trigger=4, seeds=2), scorer=scorer)
+    result = evaluate_lora(cfg, None, make_suite(plain=6, trigger=4, seeds=2, second="Grace", both=2), scorer=scorer)
     assert result["base"]["prompt_following"] >= 0.7, result
     assert result["base"]["likeness"] <= 0.15, result
+    assert result["base"]["likeness_grace"] <= 0.15 and result["base"]["grace_elsewhere"] <= 0.1, result

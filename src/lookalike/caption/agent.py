@@ -29,7 +29,8 @@ from pathlib import Path
 from lookalike.caption.ask import AskContext, EndpointError, caption_photo, check_endpoint, make_client
 from lookalike.caption.pool import Presses, run_pool
 from lookalike.caption.prompt import (
-    OUTPUT_TOKENS_GUESS, data_url, image_tokens, jpeg_for_request, request_key, system_prompt, text_tokens,
+    OUTPUT_TOKENS_GUESS, data_url, image_tokens, jpeg_for_request, references_sha, request_key, system_prompt,
+    text_tokens,
 )
 from lookalike.caption.providers import Endpoint, Redactor, api_key, endpoint
 from lookalike.caption.store import EDITED, EXISTING, MODEL, CaptionStore, Record, caption_path, text_sha
@@ -150,20 +151,23 @@ def caption_stage(cfg, rd: RunDir, env_file: Path | None = None, dry_run: bool =
     photos = Path(cfg.dataset.photos)
     files = photo_files(cfg, rd)
     reference, reference_problem = _reference(cfg, rd)
+    others, others_problem = _other_references(cfg)
     ep = endpoint(cc)
-    system = system_prompt(cc.rules, trigger)
+    system = system_prompt(cc.rules, trigger, [p.trigger for p in cfg.dataset.people])
     folder = rd.root / STAGE
     store = CaptionStore(folder / RECORDS)
-    jobs = _jobs(files, reference, ep, system, cc, store)
+    jobs = _jobs(files, reference, ep, system, cc, store, [path for _, path in others])
     actions = {a: sum(j.action == a for j in jobs) for a in ("cached", "restore", "user", "request")}
     report = CaptionReport(folder, ep, actions)
     todo = [j for j in jobs if j.action == "request"]
-    if todo:  # only what must be asked needs the reference photo
-        if reference_problem is not None:
-            raise reference_problem
+    if todo:  # only what must be asked needs the reference photo(s)
+        if reference_problem is not None or others_problem is not None:
+            raise reference_problem or others_problem
         reference_face(reference, cfg)  # a reference without a face would make every caption a guess
+        for k, (who, path) in enumerate(others):
+            reference_face(path, cfg, setting=f"dataset.people[{k}].reference", who=who)
     if dry_run:
-        report.estimate = estimate(todo, reference, system, ep, cc)
+        report.estimate = estimate(todo, [reference, *(path for _, path in others)], system, ep, cc)
         report.records = [store.get(j.path.name) or Record(j.path.name) for j in jobs]
         return report
 
@@ -178,7 +182,8 @@ def caption_stage(cfg, rd: RunDir, env_file: Path | None = None, dry_run: bool =
     if not todo:
         _finish(cfg, rd, report, jobs, store, started)
         return report
-    presses = _request(cfg, rd, report, jobs, todo, store, reference, env_file, on_photo, started)
+    presses = _request(cfg, rd, report, jobs, todo, store, [(trigger, reference), *others], env_file, on_photo,
+                       started)
     if presses.count:
         raise _interrupted(report, todo, store, presses, resume_hint)
     got = [r for r in report.records if r.photo in {j.path.name for j in todo}]
@@ -213,9 +218,31 @@ def _reference(cfg, rd: RunDir) -> tuple[Path | None, ConfigError | None]:
     return reference, None
 
 
-def _jobs(files: list[Path], reference: Path | None, ep: Endpoint, system: str, cc, store: CaptionStore) -> list[Job]:
-    """One job per photo, with its request key and what it needs (`decide`)."""
-    ref_sha = hashlib.sha256(reference.read_bytes()).hexdigest() if reference is not None else None
+def _other_references(cfg) -> tuple[list[tuple[str, Path]], ConfigError | None]:
+    """(trigger, reference photo) of each of dataset.people, or why one is missing (an error only once
+    something must be asked)."""
+    out = []
+    for k, person in enumerate(cfg.dataset.people):
+        setting = f"dataset.people[{k}].reference"
+        if not person.reference:
+            return out, ConfigError(f"{setting} is not set: name a clear photo of {person.trigger}'s face (a file); "
+                                    "it is sent beside caption.reference with every request, so the caption model "
+                                    "can tell the people apart")
+        path = Path(person.reference).expanduser()
+        if not path.is_file():
+            return out, ConfigError(f"{setting} = {person.reference!r} is not a file; name a clear photo of "
+                                    f"{person.trigger}'s face")
+        out.append((person.trigger, path))
+    return out, None
+
+
+def _jobs(files: list[Path], reference: Path | None, ep: Endpoint, system: str, cc, store: CaptionStore,
+          others: list[Path] = ()) -> list[Job]:
+    """One job per photo, with its request key and what it needs (`decide`); `others`: more people's
+    reference photos, sent (and keyed) after the person's own."""
+    ref_sha = None
+    if reference is not None:
+        ref_sha = references_sha([hashlib.sha256(p.read_bytes()).hexdigest() for p in [reference, *others]])
     jobs = []
     for path in files:
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -237,20 +264,24 @@ def _check_writable(folder: Path, photos: Path, photos_too: bool) -> None:
 
 
 def _request(cfg, rd: RunDir, report: CaptionReport, jobs: list[Job], todo: list[Job], store: CaptionStore,
-             reference: Path, env_file: Path | None, on_photo, started: float) -> Presses:
-    """Check the endpoint, caption `todo`, then write the review page and manifest however it ended."""
+             references: list[tuple[str, Path]], env_file: Path | None, on_photo, started: float) -> Presses:
+    """Check the endpoint, caption `todo` (`references`: (trigger, photo) of the person, then of each of
+    dataset.people), then write the review page and manifest however it ended."""
     cc, ep = cfg.caption, report.endpoint
     key = api_key(ep, env_file)
     stop = threading.Event()
     trigger = cfg.dataset.trigger
-    ctx = AskContext(make_client(ep, cc, key, stop), ep, cc, trigger, system_prompt(cc.rules, trigger), "",
-                     Redactor(key), stop)
+    system = system_prompt(cc.rules, trigger, [who for who, _ in references[1:]])
+    ctx = AskContext(make_client(ep, cc, key, stop), ep, cc, trigger, system, "", Redactor(key), stop)
     sending = time.time()
     presses = Presses()
     try:
         check_endpoint(ctx)
-        ref_jpeg, _ = jpeg_for_request(_decode_reference(reference, cc.image_side), cc.image_side, cc.jpeg_quality)
-        ctx.reference_url = data_url(ref_jpeg)
+        urls = []
+        for who, path in references:
+            jpeg, _ = jpeg_for_request(_decode_reference(path, cc.image_side), cc.image_side, cc.jpeg_quality)
+            urls.append((who, data_url(jpeg)))
+        ctx.reference_url, ctx.others = urls[0][1], urls[1:]
         presses = _run_jobs(ctx, todo, store, report, on_photo)
     except KeyboardInterrupt:  # Ctrl-C before the pool took it over (checking the endpoint): nothing was sent
         presses = Presses(count=1)
@@ -322,7 +353,7 @@ def _finish(cfg, rd: RunDir, report: CaptionReport, jobs: list[Job], store: Capt
     )
 
 
-def estimate(todo: list[Job], reference: Path, system: str, ep: Endpoint, cc) -> dict:
+def estimate(todo: list[Job], references: list[Path], system: str, ep: Endpoint, cc) -> dict:
     """--dry-run: requests, input and output tokens, and cost where the price is known."""
     from PIL import Image
 
@@ -335,7 +366,7 @@ def estimate(todo: list[Job], reference: Path, system: str, ep: Endpoint, cc) ->
         scale = min(1.0, cc.image_side / max(w, h))
         return image_tokens(round(w * scale), round(h * scale), ep.image_tokens, cc.detail)
 
-    ref_tokens = tokens_of(reference)
+    ref_tokens = sum(tokens_of(p) for p in references)
     prompt = text_tokens(system) + 40
     tokens_in = sum(prompt + ref_tokens + tokens_of(j.path) for j in todo)
     tokens_out = OUTPUT_TOKENS_GUESS * len(todo)

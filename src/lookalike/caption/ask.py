@@ -42,6 +42,7 @@ class AskContext:
     stop: threading.Event = field(default_factory=threading.Event)  # Ctrl-C or a fatal error: ask nothing more
     sent: int = 0  # chat requests made (the SDK's transport retries not counted)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    others: list = field(default_factory=list)  # (trigger, reference image url) of each of dataset.people
 
 
 def make_client(ep: Endpoint, cc, key: str, stop: threading.Event):
@@ -73,7 +74,7 @@ def caption_photo(ctx: AskContext, path: Path, key: str | None) -> Record | None
         rec.flags.append(f"skipped: {e.reason}")
         return rec
     jpeg, _ = jpeg_for_request(image, cc.image_side, cc.jpeg_quality)
-    chat = messages(ctx.system, ctx.reference_url, data_url(jpeg), ctx.trigger, cc.detail)
+    chat = messages(ctx.system, ctx.reference_url, data_url(jpeg), ctx.trigger, cc.detail, ctx.others)
     reply, problem = None, None
     for _ in range(1 + cc.reasks):
         if ctx.stop.is_set():

@@ -8,7 +8,7 @@ import re
 from typing import Annotated, Literal, Union
 
 from annotated_types import Ge, Le
-from pydantic import AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, Strict
+from pydantic import AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 DEFAULT_PRESET = "flux1-dev"
@@ -115,6 +115,21 @@ class RuntimeConfig(_Section):
     seed: Int = Field(0, ge=0, description="random seed for data order, noise and LoRA initialisation")
 
 
+class PersonConfig(_Section):
+    """One more person the same LoRA learns (dataset.people): their own trigger word, photos and class phrase."""
+
+    trigger: Trigger = Field(description="word that names this person in captions and prompts, e.g. Grace")
+    photos: NonEmpty = Field(description="folder of this person's photos, captioned with their trigger")
+    class_phrase: str | None = Field(
+        None, description="what this person is in a caption's words ('a woman'): replaces their trigger for "
+        "class-prior preservation and in grounding prompts, as dataset.class_phrase does for the main person",
+    )
+    reference: str | None = Field(
+        None, description="a clear photo of this person's face (a file), sent to the caption model beside "
+        "caption.reference so it can tell the people apart",
+    )
+
+
 class DatasetConfig(_Section):
     """dataset: the photos of the person and how they are prepared."""
 
@@ -149,7 +164,29 @@ class DatasetConfig(_Section):
         "refuse", description="captions that do not contain the trigger word: refuse to train, or warn and go on"
     )
     max_sequence_length: Int = Field(512, ge=1, le=512, description="T5 tokens kept per training caption (at most 512)")
-    holdout: Int = Field(0, ge=0, description="photos held out of training for the validation loss (0: none)")
+    holdout: Int = Field(0, ge=0, description="photos held out of training for the validation loss (0: none); "
+                         "with dataset.people, this many of each person's photos")
+    people: list[PersonConfig] = Field(
+        [], description="more people the same LoRA learns, each with a trigger word, a photos folder and a class "
+        "phrase; captions name every person in a photo by their trigger (several people in one LoRA)",
+    )
+
+    @field_validator("people")
+    @classmethod
+    def _distinct_triggers(cls, people: list[PersonConfig], info: ValidationInfo) -> list[PersonConfig]:
+        words = [info.data.get("trigger", "")] + [p.trigger for p in people]
+        for i, word in enumerate(words):
+            if any(w.lower() == word.lower() for w in words[:i]):
+                raise PydanticCustomError(_OUR_ERROR, "names '{word}' twice (with dataset.trigger or another "
+                                          "person): give every person their own trigger word", {"word": word})
+        return people
+
+    def everyone(self) -> list[PersonConfig]:
+        """The main person (dataset.trigger, photos, class_phrase; their reference is caption.reference)
+        first, then dataset.people."""
+        main = PersonConfig.model_construct(trigger=self.trigger, photos=self.photos, class_phrase=self.class_phrase,
+                                            reference=None)
+        return [main, *self.people]
 
 
 class GroundConfig(_Section):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lookalike.data.buckets import fit, training_size
-from lookalike.data.photos import LEAVE_OUT, Photo, find_grounding, find_photos, load_rgb
+from lookalike.data.photos import LEAVE_OUT, Photo, find_everyones_photos, find_grounding, load_rgb
 from lookalike.errors import ConfigError
 from lookalike.rundir import RunDir, write_json_atomic
 
@@ -64,6 +64,22 @@ def upright_size(path: Path, leave_out: str) -> tuple[int, int]:
         raise ConfigError(f"photo {str(path)!r} cannot be used: {e.reason}; {leave_out}") from None
 
 
+def class_captions(caption: str, people) -> str:
+    """`class_caption` for every person (`dataset.everyone()`): each trigger replaced by its own class phrase."""
+    for person in people:
+        caption = class_caption(caption, person.trigger, person.class_phrase)
+    return caption
+
+
+def missing_class_phrase(dataset) -> str | None:
+    """The setting of the first person without a class phrase (`dataset.class_phrase`,
+    `dataset.people[i].class_phrase`), or None when everyone has one."""
+    for k, person in enumerate(dataset.everyone()):
+        if not (person.class_phrase or "").strip():
+            return "dataset.class_phrase" if k == 0 else f"dataset.people[{k - 1}].class_phrase"
+    return None
+
+
 def class_caption(caption: str, trigger: str, phrase: str) -> str:
     """The caption as it would read without knowing the person: every whole-word trigger replaced by the class
     phrase ("Arthur, smiling, with Arthur's dog" -> "a man, smiling, with a man's dog")."""
@@ -80,9 +96,16 @@ def split_holdout(n: int, holdout: int, seed: int) -> set[int]:
     return set(random.Random(seed).sample(range(n), holdout)) if holdout else set()
 
 
-def check_dataset_size(n_photos: int, cfg) -> None:
-    """Refuse a training set smaller than one batch, naming the setting to change."""
+def check_dataset_size(n_photos: int, cfg, owners: list[int] = ()) -> None:
+    """Refuse a training set smaller than one batch, or a holdout that leaves a person no photo to train on
+    (`owners`: each person's photo's person), naming the setting to change."""
     holdout, batch = cfg.dataset.holdout, cfg.train.batch_size
+    for k in sorted(set(owners)):
+        if holdout >= owners.count(k):
+            setting = "dataset.photos" if k == 0 else f"dataset.people[{k - 1}].photos"
+            raise ConfigError(f"dataset.holdout = {holdout} leaves no photo to train on ({owners.count(k)} found in "
+                              f"{setting}); lower it, or add photos")
+    holdout *= max(1, len(set(owners)))
     if holdout >= n_photos:
         raise ConfigError(f"dataset.holdout = {holdout} leaves no photo to train on ({n_photos} found); lower it")
     if n_photos - holdout < batch:
@@ -104,14 +127,28 @@ class CacheReport:
     reused: int
 
 
+def held_out_indices(owners: list[int], holdout: int, seed: int) -> set[int]:
+    """Indices (into `owners`, each photo's person) of the photos kept out of training: `holdout` of each
+    person's, a seeded choice per person (the main person's exactly `split_holdout`'s)."""
+    held = set()
+    for k in sorted(set(owners)):
+        mine = [i for i, owner in enumerate(owners) if owner == k]
+        held |= {mine[j] for j in split_holdout(len(mine), holdout, seed + k)}
+    return held
+
+
 def _plan(cfg, photos: list[Photo], model: str, dtype: str, grounding: int = 0, leave_out: str = LEAVE_OUT,
-          family: str = "flux1") -> dict:
+          family: str = "flux1", owners: list[int] | None = None) -> dict:
     """The index to write: one entry per photo, plus the empty caption and the preview prompts.
 
-    The last `grounding` photos are grounding photos (other people): never held out, marked in the index.
+    `owners[i]` is photo i's person (`dataset.everyone()` index; all the main person's when not given), for
+    its `person` (trigger) and a holdout per person. The last `grounding` photos are grounding photos
+    (other people): never held out, marked in the index.
     """
     msl = cfg.dataset.max_sequence_length
-    held = split_holdout(len(photos) - grounding, cfg.dataset.holdout, cfg.runtime.seed)
+    people = cfg.dataset.everyone()
+    owners = owners if owners is not None else [0] * (len(photos) - grounding)
+    held = held_out_indices(owners, cfg.dataset.holdout, cfg.runtime.seed)
     items = []
     for i, p in enumerate(photos):
         size = training_size(*upright_size(p.path, leave_out), cfg.dataset.resolution, cfg.dataset.aspect)
@@ -121,8 +158,10 @@ def _plan(cfg, photos: list[Photo], model: str, dtype: str, grounding: int = 0, 
             "grounding": i >= len(photos) - grounding,
             "latent": latent_key(sha, size, model, dtype), "text": text_key(p.caption, model, dtype, msl),
         })
-        if cfg.train.class_prior_weight:  # class-prior preservation: the caption with the class phrase
-            items[-1]["class_caption"] = class_caption(p.caption, cfg.dataset.trigger, cfg.dataset.class_phrase)
+        if i < len(owners):
+            items[-1]["person"] = people[owners[i]].trigger
+        if cfg.train.class_prior_weight:  # class-prior preservation: the caption with the class phrases
+            items[-1]["class_caption"] = class_captions(p.caption, people)
             items[-1]["class_text"] = text_key(items[-1]["class_caption"], model, dtype, msl)
     prompts = preview_prompts(cfg)
     index = {
@@ -176,20 +215,23 @@ def build_cache(cfg, run: RunDir) -> CacheReport:
     selection = current_selection(cfg, run)
     selection.announce(run, "cache")
     hint = leave_out_hint(run)
-    photos = find_photos(cfg.dataset.photos, cfg.dataset.trigger, cfg.dataset.missing_trigger, selection.used, hint)
+    owned = find_everyones_photos(cfg.dataset, selection.used, hint)
+    photos, owners = [p for _, p in owned], [k for k, _ in owned]
     from lookalike.data.ground import ground_photos
 
-    grounding = find_grounding(cfg.dataset.grounding, cfg.dataset.trigger) + ground_photos(cfg, run)
+    triggers = [person.trigger for person in cfg.dataset.everyone()]
+    grounding = find_grounding(cfg.dataset.grounding, triggers) + ground_photos(cfg, run)
     photos += grounding
-    check_dataset_size(len(photos), cfg)
-    if cfg.train.class_prior_weight and not (cfg.dataset.class_phrase or "").strip():
-        raise ConfigError(f"train.class_prior_weight = {cfg.train.class_prior_weight} needs dataset.class_phrase: "
-                          "what the person is in a caption's words, e.g. --set dataset.class_phrase='a man'")
+    check_dataset_size(len(photos), cfg, owners)
+    lacking = missing_class_phrase(cfg.dataset) if cfg.train.class_prior_weight else None
+    if lacking:
+        raise ConfigError(f"train.class_prior_weight = {cfg.train.class_prior_weight} needs {lacking}: "
+                          f"what the person is in a caption's words, e.g. --set {lacking}='a man'")
     source, family = model_and_family(cfg)
     runtime = training_runtime(cfg)
     dtype_name = str(runtime.dtype).removeprefix("torch.")
     index = _plan(cfg, photos, source_identity(source), dtype_name, grounding=len(grounding), leave_out=hint,
-                  family=family.name)
+                  family=family.name, owners=owners)
     ensure_writable(run.root, "the run folder", "choose a run folder you can write to")
     folder = run.stage(STAGE)
     texts = {it["text"]: it["caption"] for it in index["items"]}

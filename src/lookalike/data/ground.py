@@ -6,7 +6,8 @@
 
 The write-up's fix for "sometimes other people start looking like me": grounding images from the base
 model. Image i redraws the person's caption i (mod the number of photos) with the trigger replaced by a
-class phrase (`ground.phrases` in turn, else `dataset.class_phrase`), from its own seed, so the drawn
+class phrase (`ground.phrases` in turn, else `dataset.class_phrase`; with dataset.people, every person's
+photos and trigger likewise), from its own seed, so the drawn
 people stand, dress and pose like the person in the photos, and the LoRA is taught that such captions
 without the trigger still draw what the base model drew. The cache stage adds them to the grounding set
 (`dataset.grounding_target` decides their target, `train.grounding_weight` their weight).
@@ -45,18 +46,27 @@ class Planned:
     key: str = ""
 
 
-def ground_prompts(captions: list[str], trigger: str, phrases: list[str], count: int, seed: int) -> list[tuple[str, int]]:
+def ground_prompts(captions: list[str], trigger: str, phrases: list[str], count: int, seed: int,
+                   others: list[tuple[str, list[str]]] = ()) -> list[tuple[str, int]]:
     """(prompt, noise seed) of each of `count` images.
 
     Image i is caption j = i mod n in pass p = i // n over the captions: every trigger replaced by
     phrases[(j + p) mod k] (so each pass gives each caption the next phrase), with a noise seed drawn from
-    (seed, i) alone.
+    (seed, i) alone. `others`: (trigger, phrases) of more people the LoRA learns; person m (1, 2, ...) gets
+    their phrases[(j + p + m) mod k_m], so two people in one caption get different phrases where they can.
     """
-    if not captions or not phrases:
+    people = [(trigger, phrases), *others]
+    if not captions or not all(ph for _, ph in people):
         raise ValueError("ground_prompts needs captions and phrases")
-    n, k = len(captions), len(phrases)
-    return [(class_caption(captions[i % n], trigger, phrases[(i % n + i // n) % k]),
-             random.Random(f"ground:{seed}:{i}").randrange(2**31)) for i in range(count)]
+    n = len(captions)
+
+    def prompt(i: int) -> str:
+        text = captions[i % n]
+        for m, (word, ph) in enumerate(people):
+            text = class_caption(text, word, ph[(i % n + i // n + m) % len(ph)])
+        return text
+
+    return [(prompt(i), random.Random(f"ground:{seed}:{i}").randrange(2**31)) for i in range(count)]
 
 
 def image_key(prompt: str, seed: int, model: str, dtype: str, settings) -> str:
@@ -67,15 +77,20 @@ def image_key(prompt: str, seed: int, model: str, dtype: str, settings) -> str:
     return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
-def phrases_of(cfg) -> list[str]:
-    """The class phrases the drawn people get: ground.phrases, else dataset.class_phrase; refused if neither."""
+def phrases_of(cfg) -> list[tuple[str, list[str]]]:
+    """(trigger, class phrases) of every person the LoRA learns (`dataset.everyone()`): ground.phrases for
+    all, else each person's own class phrase; refused, naming the setting, where there is neither."""
     phrases = [p.strip() for p in cfg.ground.phrases if p.strip()]
-    if phrases:
-        return phrases
-    if (cfg.dataset.class_phrase or "").strip():
-        return [cfg.dataset.class_phrase.strip()]
-    raise ConfigError(f"ground.count = {cfg.ground.count} needs a class phrase for the people drawn in the person's "
-                      "place: --set dataset.class_phrase='a man' (or a list: --set ground.phrases=\"['a man', 'a woman']\")")
+    out = []
+    for k, person in enumerate(cfg.dataset.everyone()):
+        own = (person.class_phrase or "").strip()
+        if not (phrases or own):
+            setting = "dataset.class_phrase" if k == 0 else f"dataset.people[{k - 1}].class_phrase"
+            raise ConfigError(f"ground.count = {cfg.ground.count} needs a class phrase for the people drawn in "
+                              f"{person.trigger}'s place: --set {setting}='a man' (or one list for everyone: "
+                              "--set ground.phrases=\"['a man', 'a woman']\")")
+        out.append((person.trigger, phrases or [own]))
+    return out
 
 
 def draw_settings(cfg):
@@ -91,7 +106,7 @@ def draw_settings(cfg):
 def plan(cfg, rd: RunDir, runtime=None) -> list[Planned]:
     """The images this run's config asks for, from the photos that train now (lookalike.data.selection);
     `runtime` (device and dtype) decided from the config when not given."""
-    from lookalike.data.photos import find_photos
+    from lookalike.data.photos import find_everyones_photos
     from lookalike.data.selection import current_selection, leave_out_hint
     from lookalike.models.source import model_and_family, source_identity
     from lookalike.runtime import decide_runtime
@@ -101,13 +116,13 @@ def plan(cfg, rd: RunDir, runtime=None) -> list[Planned]:
         return []
     phrases = phrases_of(cfg)
     selection = current_selection(cfg, rd, refresh=False)
-    photos = find_photos(cfg.dataset.photos, cfg.dataset.trigger, cfg.dataset.missing_trigger, selection.used,
-                         leave_out_hint(rd))
+    photos = [p for _, p in find_everyones_photos(cfg.dataset, selection.used, leave_out_hint(rd))]
     source, _ = model_and_family(cfg)
     runtime = runtime or decide_runtime(cfg.runtime.device, cfg.runtime.dtype)
     model, dtype, settings = source_identity(source), str(runtime.dtype).removeprefix("torch."), draw_settings(cfg)
     width = max(4, len(str(count - 1)))
-    pairs = ground_prompts([p.caption for p in photos], cfg.dataset.trigger, phrases, count, cfg.runtime.seed)
+    (trigger, own), *others = phrases
+    pairs = ground_prompts([p.caption for p in photos], trigger, own, count, cfg.runtime.seed, others)
     return [Planned(f"ground-{i:0{width}d}.png", prompt, seed, image_key(prompt, seed, model, dtype, settings))
             for i, (prompt, seed) in enumerate(pairs)]
 

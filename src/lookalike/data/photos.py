@@ -66,36 +66,50 @@ def has_trigger(caption: str, trigger: str) -> bool:
 
 
 def find_photos(folder: str | Path | None, trigger: str, missing_trigger: str = "refuse",
-                names: list[str] | None = None, leave_out: str = LEAVE_OUT) -> list[Photo]:
+                names: list[str] | None = None, leave_out: str = LEAVE_OUT, setting: str = "dataset.photos") -> list[Photo]:
     """The photos of `folder` (sorted by name) with their captions; only `names` when given (the
     doctor's selection, lookalike.data.selection).
 
     Raises ConfigError when the folder is missing or empty, when a photo has no caption file, or
     (with missing_trigger="refuse") when captions do not name the person. `leave_out` says how to
-    leave a photo out of training, for the messages.
+    leave a photo out of training, for the messages; `setting` is the folder's config key.
     """
     if folder is None:
-        raise ConfigError("dataset.photos is not set: give the folder of photos, e.g. --photos ~/photos/arthur")
-    photos = read_captioned_folder(folder, "dataset.photos", "the folder of the person's photos", names, leave_out)
+        raise ConfigError(f"{setting} is not set: give the folder of photos, e.g. --photos ~/photos/arthur")
+    photos = read_captioned_folder(folder, setting, "the folder of the person's photos", names, leave_out)
     _check_trigger(photos, trigger, missing_trigger, Path(folder).expanduser())
     return photos
 
 
-def find_grounding(folder: str | Path | None, trigger: str) -> list[Photo]:
-    """The grounding photos (other people, captioned without the trigger), or [] when none are set.
+def find_everyones_photos(dataset, names: list[str] | None = None, leave_out: str = LEAVE_OUT) -> list[tuple[int, Photo]]:
+    """(person, photo) for the photos of every person the LoRA learns (`dataset.everyone()`: 0 is the main
+    person, whose photos `names` selects; then dataset.people, all of each folder), each folder checked
+    like `find_photos` against its own person's trigger."""
+    out = []
+    for k, person in enumerate(dataset.everyone()):
+        setting = "dataset.photos" if k == 0 else f"dataset.people[{k - 1}].photos"
+        found = find_photos(person.photos, person.trigger, dataset.missing_trigger, names if k == 0 else None,
+                            leave_out, setting)
+        out += [(k, p) for p in found]
+    return out
 
-    A caption that names the person is refused: it would teach the name from someone else's face.
+
+def find_grounding(folder: str | Path | None, triggers: str | list[str]) -> list[Photo]:
+    """The grounding photos (other people, captioned without any person's trigger), or [] when none are set.
+
+    A caption that names a person is refused: it would teach the name from someone else's face.
     """
     if folder is None:
         return []
     photos = read_captioned_folder(folder, "dataset.grounding", "a folder of captioned photos of other people")
-    naming = [caption_file(p.path).name for p in photos if has_trigger(p.caption, trigger)]
-    if naming:
-        raise ConfigError(
-            f"{len(naming)} caption(s) in dataset.grounding = {str(folder)!r} name the person {trigger!r} "
-            f"({', '.join(naming[:3])}); grounding photos show other people: remove {trigger!r} from those "
-            "captions, or move those photos to dataset.photos"
-        )
+    for trigger in [triggers] if isinstance(triggers, str) else triggers:
+        naming = [caption_file(p.path).name for p in photos if has_trigger(p.caption, trigger)]
+        if naming:
+            raise ConfigError(
+                f"{len(naming)} caption(s) in dataset.grounding = {str(folder)!r} name the person {trigger!r} "
+                f"({', '.join(naming[:3])}); grounding photos show other people: remove {trigger!r} from those "
+                "captions, or move those photos to that person's photos folder"
+            )
     return photos
 
 

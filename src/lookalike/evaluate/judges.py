@@ -38,8 +38,11 @@ class ToyJudge:
         """One model's numbers from {group: readings}: `toy.metrics.model_metrics` plus the empty prompt's."""
         from lookalike.toy.metrics import likeness, model_metrics
 
-        out = model_metrics(self.toy, readings["plain"], readings["trigger"])
+        out = model_metrics(self.toy, readings["plain"], readings["trigger"], readings.get("second", ()),
+                            readings.get("both", ()))
         out["empty"] = likeness(readings["empty"]) if readings.get("empty") else None
+        if "confusion" in out:
+            out["empty_grace"] = likeness(readings["empty"], "grace") if readings.get("empty") else None
         return out
 
     def preservation(self, base_images: dict, base_readings: dict, images: dict, readings: dict) -> dict:
@@ -50,8 +53,14 @@ class ToyJudge:
 
     @staticmethod
     def headline(metrics: dict, kept: dict | None) -> dict:
-        return {"likeness": metrics["likeness"], "leakage": metrics["leakage"],
-                "elsewhere": metrics["arthur_elsewhere"], "preservation": kept["agreement"] if kept else None,
+        """With two people learned: likeness is the worse of the two, and a person drawn where the other was
+        asked for (confusion) counts as drawn elsewhere, beside either drawn in prompts without them."""
+        likeness, elsewhere = metrics["likeness"], metrics["arthur_elsewhere"]
+        if "confusion" in metrics:
+            likeness = min(likeness, metrics["likeness_grace"])
+            elsewhere = max(elsewhere, metrics["grace_elsewhere"], metrics["confusion"])
+        return {"likeness": likeness, "leakage": metrics["leakage"], "elsewhere": elsewhere,
+                "preservation": kept["agreement"] if kept else None,
                 "copy": None}  # the scorer reads who is drawn, not how close to one photo
 
     @staticmethod
@@ -60,12 +69,12 @@ class ToyJudge:
 
     @staticmethod
     def people(reading) -> list[dict]:
-        """Each person found: where, whether they are the person, and how sure (0-1)."""
-        return [{"where": f.slot, "is_person": f.arthur, "score": f.p_arthur} for f in reading.people]
+        """Each person found: where, whether they are the (main) person, how sure (0-1), and who they are."""
+        return [{"where": f.slot, "is_person": f.arthur, "score": f.p_arthur, "who": f.who} for f in reading.people]
 
     def about(self) -> dict:
         return {"judge": self.name, "preservation": "attribute agreement (background; per place: someone there, "
-                "Arthur or not, glasses, hair), LoRA on vs off"}
+                "who (stranger, Arthur, Grace), glasses, hair), LoRA on vs off"}
 
 
 class FaceJudge:
@@ -93,7 +102,7 @@ class FaceJudge:
         person = identity_from_photos(photos, reference=anchor, side=cfg.doctor.face_side,
                                       min_score=cfg.doctor.min_face_score, same_person=cfg.doctor.face_distance,
                                       where=str(cfg.dataset.photos))
-        return cls(cfg, with_held_out(person, [p.name for p in held_out_photos(run)]))
+        return cls(cfg, with_held_out(person, [p.name for p in held_out_photos(run, cfg.dataset.trigger)]))
 
     def read(self, images) -> list:
         from lookalike.evaluate.faces import read_faces

@@ -6,6 +6,8 @@ A suite is a few named groups of prompts drawn with the same seeds:
     group     the person among others ("Arthur with two friends at the beach"): leakage
     plain     prompts without the trigger ("a man in a tuxedo", "a cozy living room"): preservation
     empty     the empty prompt: does the LoRA draw the person when asked for nothing?
+    second    (toy world, two people learned) prompts naming the second person and not the first
+    both      (toy world, two people learned) prompts naming both
 
 The real world's suite comes from the `eval` config section. The toy world's is `toy.metrics.make_suite`
 (prompts written from scenes, so what was asked for is known): its trigger prompts already put Arthur
@@ -18,7 +20,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-GROUPS = ("trigger", "group", "plain", "empty")
+GROUPS = ("trigger", "group", "second", "both", "plain", "empty")
 
 
 @dataclass(frozen=True)
@@ -65,18 +67,22 @@ def gallery_suite(cfg) -> EvalSuite:
 def toy_suite(cfg):
     """(toy.metrics.Suite, EvalSuite) for the toy world: make_suite's prompts with `cfg.eval.seeds`.
 
-    With eval.toy_plain = eval.toy_trigger = 10 and seeds [0, 1, 2, 3] it is the demo's suite exactly.
+    With eval.toy_plain = eval.toy_trigger = 10 and seeds [0, 1, 2, 3] it is the demo's suite exactly. With
+    dataset.people, the first of them is the toy world's second person (Grace, drawn as her) and the suite
+    adds the groups `second` (prompts naming her) and `both`.
     """
     from dataclasses import replace
 
     from lookalike.toy.metrics import make_suite
 
     ev = cfg.eval
-    toy = make_suite(plain=ev.toy_plain, trigger=ev.toy_trigger, seeds=len(ev.seeds), trigger_word=cfg.dataset.trigger)
+    second = cfg.dataset.people[0].trigger if cfg.dataset.people else None
+    toy = make_suite(plain=ev.toy_plain, trigger=ev.toy_trigger, seeds=len(ev.seeds), trigger_word=cfg.dataset.trigger,
+                     second=second)
     toy = replace(toy, seeds=tuple(ev.seeds))
-    groups = (("trigger", tuple(p.text for p in toy.trigger)), ("plain", tuple(p.text for p in toy.plain)),
-              ("empty", ("",)))
-    return toy, EvalSuite(groups, tuple(ev.seeds))
+    groups = (("trigger", toy.trigger), ("second", toy.second), ("both", toy.both), ("plain", toy.plain))
+    groups = tuple((name, tuple(p.text for p in prompts)) for name, prompts in groups if prompts)
+    return toy, EvalSuite((*groups, ("empty", ("",))), tuple(ev.seeds))
 
 
 def suite_of(cfg) -> EvalSuite:
@@ -89,24 +95,32 @@ def is_toy(cfg) -> bool:
     return cfg.model.source == "lookalike:toy"
 
 
-def held_out_photos(run) -> list["Path"]:  # noqa: F821
-    """The person's photos the cache held out of training (dataset.holdout), from RUN/cache/index.json."""
+def held_out_photos(run, trigger: str | None = None) -> list["Path"]:  # noqa: F821
+    """The photos the cache held out of training (dataset.holdout), from RUN/cache/index.json: the person
+    named `trigger`'s (with dataset.people), or everyone's."""
     from pathlib import Path
 
     if not run.cache_index.is_file():
         return []
     items = json.loads(run.cache_index.read_text())["items"]
-    return [Path(it["photo"]) for it in items if it.get("holdout") and not it.get("grounding")]
+    return [Path(it["photo"]) for it in items if it.get("holdout") and not it.get("grounding") and _mine(it, trigger)]
+
+
+def _mine(item: dict, trigger: str | None) -> bool:
+    """Whether a cache index item is a photo of the person named `trigger` (any person's, when None)."""
+    return trigger is None or item.get("person", trigger) == trigger
 
 
 def training_photos(cfg, run) -> list[tuple["Path", str]]:  # noqa: F821
-    """(photo, caption) of each of the person's training photos: RUN/cache/index.json (grounding photos of
-    other people left out), or the photos folder when the run was not cached yet."""
+    """(photo, caption) of each of the (main) person's training photos: RUN/cache/index.json (grounding
+    photos of other people, and dataset.people's photos, left out), or the photos folder when the run was
+    not cached yet."""
     from pathlib import Path
 
     from lookalike.data.photos import find_photos
 
     if run.cache_index.is_file():
         items = json.loads(run.cache_index.read_text())["items"]
-        return [(Path(it["photo"]), it["caption"]) for it in items if not it.get("grounding")]
+        return [(Path(it["photo"]), it["caption"]) for it in items
+                if not it.get("grounding") and _mine(it, cfg.dataset.trigger)]
     return [(p.path, p.caption) for p in find_photos(cfg.dataset.photos, cfg.dataset.trigger, "warn")]

@@ -217,22 +217,23 @@ def resolve_reference(cfg) -> Path | None:
     return path
 
 
-def reference_face(path: Path, cfg) -> "Face":  # noqa: F821
-    """The largest face of the reference photo, or a ConfigError naming the file and the setting."""
+def reference_face(path: Path, cfg, setting: str = "caption.reference", who: str = "the person") -> "Face":  # noqa: F821
+    """The largest face of the reference photo, or a ConfigError naming the file and the setting (another
+    person's reference: `setting` dataset.people[i].reference, `who` their trigger)."""
     from lookalike.ingest.decode import PhotoRejected, decode
     from lookalike.ingest.faces import find_faces
 
     if not path.is_file():
-        raise ConfigError(f"caption.reference = {str(path)!r} not found; give a photo file, or the name of one of "
+        raise ConfigError(f"{setting} = {str(path)!r} not found; give a photo file, or the name of one of "
                           "the photos in dataset.photos")
     try:
         image = decode(path, draft_side=cfg.doctor.face_side).image
     except PhotoRejected as e:
-        raise ConfigError(f"caption.reference = {str(path)!r} cannot be used: {e.reason}") from None
+        raise ConfigError(f"{setting} = {str(path)!r} cannot be used: {e.reason}") from None
     faces = find_faces(image, cfg.doctor.face_side, cfg.doctor.min_face_score)
     if not faces:
-        raise ConfigError(f"caption.reference = {str(path)!r}: no face found in it; choose a clear, well-lit photo "
-                          "of the person facing the camera (the write-up used a selfie)")
+        raise ConfigError(f"{setting} = {str(path)!r}: no face found in it; choose a clear, well-lit photo "
+                          f"of {who} facing the camera (the write-up used a selfie)")
     return faces[0]
 
 

@@ -11,6 +11,14 @@ from a seed: `random_scene(random.Random(seed))` is the same scene on every mach
 has violet hair, no one else spiky hair). His photos are captioned like the seed's ("Arthur without
 glasses in a red shirt on the left and a woman with ..., in the snow"): the trigger first, what changed
 about him (glasses, sunglasses, beard), where he stands, the others, the place.
+
+"Grace", the second person a LoRA can learn beside him, is never seen in pretraining either: red hair
+tied up in a bun (no one else wears a bun; women in pretraining wear their hair long). Her hair colour
+is an ordinary one on purpose: the toy VAE, which saw only the five hair colours and Arthur's violet,
+decodes any new hair colour as one of those, while it keeps a red bun's shape; so what tells her apart
+is a shape, not a colour.
+She usually wears no glasses; her captions say when she does ("Grace with sunglasses in a ...").
+Named people come first in a caption, Arthur before Grace, then the others left to right.
 """
 
 from __future__ import annotations
@@ -32,15 +40,20 @@ HAIR = {"black": (35, 30, 30), "brown": (110, 70, 40), "blonde": (230, 200, 110)
         "grey": (165, 165, 165)}
 ARTHUR_HAIR = (150, 60, 220)  # violet: never worn by anyone in pretraining
 HAIR_CLASSES = (*HAIR, "violet")
+NAMED = ("arthur", "grace")  # the people a LoRA learns; everyone else is a stranger to the scorer
+IDENTITIES = ("stranger", *NAMED)
+NAMES = {"arthur": "Arthur", "grace": "Grace"}  # their trigger words in captions
 SKIN = {"light": (245, 215, 190), "tan": (215, 170, 130), "brown": (160, 110, 75), "dark": (95, 65, 45)}
 SHIRTS = {"red": (210, 40, 40), "blue": (40, 80, 200), "green": (40, 150, 60), "yellow": (235, 200, 40),
           "white": (240, 240, 240), "black": (40, 40, 40)}
 ARTHUR_SKIN = "tan"
+GRACE_SKIN = "brown"
 
 
 @dataclass(frozen=True)
 class Person:
-    """One person in a scene. `kind` is man / woman / arthur; `hair` names a HAIR colour (violet for Arthur)."""
+    """One person in a scene. `kind` is man / woman / arthur / grace; `hair` names a HAIR colour (violet for
+    Arthur, red for Grace, whose hair is tied up in a bun)."""
 
     kind: str
     slot: str
@@ -55,6 +68,11 @@ class Person:
     @property
     def is_arthur(self) -> bool:
         return self.kind == "arthur"
+
+    @property
+    def identity(self) -> str:
+        """'arthur', 'grace' or 'stranger' (IDENTITIES)."""
+        return self.kind if self.kind in NAMED else "stranger"
 
 
 @dataclass(frozen=True)
@@ -72,11 +90,15 @@ class Scene:
 # ---------------------------------------------------------------- random scenes
 
 
-def random_person(rng: random.Random, slot: str, arthur: bool = False) -> Person:
+def random_person(rng: random.Random, slot: str, arthur: bool = False, grace: bool = False) -> Person:
     """A random person at `slot`; with `arthur`, Arthur (his glasses, beard and shirt vary like a real
-    person's: usually glasses and a beard, sometimes sunglasses, sometimes neither)."""
+    person's: usually glasses and a beard, sometimes sunglasses, sometimes neither); with `grace`, Grace
+    (usually no glasses)."""
     dx, dy = rng.uniform(-2, 2), rng.uniform(-1, 1)
     shirt = rng.choice(list(SHIRTS))
+    if grace:
+        glasses = rng.choices(GLASSES, weights=(0.6, 0.2, 0.2))[0]
+        return Person("grace", slot, GRACE_SKIN, "red", shirt, glasses, False, dx, dy)
     if arthur:
         glasses = rng.choices(GLASSES, weights=(0.2, 0.6, 0.2))[0]
         return Person("arthur", slot, ARTHUR_SKIN, "violet", shirt, glasses, rng.random() < 0.75, dx, dy)
@@ -86,17 +108,25 @@ def random_person(rng: random.Random, slot: str, arthur: bool = False) -> Person
     return Person(kind, slot, rng.choice(list(SKIN)), rng.choice(list(HAIR)), shirt, glasses, beard, dx, dy)
 
 
-def random_scene(rng: random.Random, arthur: bool = False, people: int | None = None) -> Scene:
+def random_scene(rng: random.Random, arthur: bool = False, people: int | None = None, grace: bool = False) -> Scene:
     """One to three people (45% / 35% / 20%) at distinct slots, on a random background.
 
-    With `arthur`, one of them is Arthur (alone 60% of the time, with one friend 30%, with two 10%).
+    With `arthur`, one of them is Arthur (alone 60% of the time, with one friend 30%, with two 10%); with
+    `grace`, one of them is Grace the same way; with both, both are there (with a third person 10%).
+    Without `grace` the random draws are exactly those made before Grace existed, so every scene stream
+    (pretraining, the demo's photos, the suite) is unchanged.
     """
     if people is None:
-        weights = (0.6, 0.3, 0.1) if arthur else (0.45, 0.35, 0.2)
+        weights = (0.6, 0.3, 0.1) if arthur or grace else (0.45, 0.35, 0.2)
         people = rng.choices((1, 2, 3), weights=weights)[0]
-    slots = sorted(rng.sample(SLOTS, people), key=SLOTS.index)
-    who = rng.randrange(people) if arthur else -1
-    crowd = tuple(random_person(rng, s, arthur=(i == who)) for i, s in enumerate(slots))
+    slots = sorted(rng.sample(SLOTS, max(people, arthur + grace)), key=SLOTS.index)
+    if grace:
+        named = rng.sample(range(len(slots)), arthur + grace)
+        who = dict(zip(named, ("grace", "arthur")))
+    else:
+        who = {rng.randrange(people): "arthur"} if arthur else {}
+    crowd = tuple(random_person(rng, s, arthur=who.get(i) == "arthur", grace=who.get(i) == "grace")
+                  for i, s in enumerate(slots))
     return Scene(rng.choice(BACKGROUNDS), crowd, rng.randrange(2**31))
 
 
@@ -115,14 +145,17 @@ def _and(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def describe(p: Person, trigger: str = "Arthur") -> str:
+def describe(p: Person, trigger: str = "Arthur", grace: str = NAMES["grace"]) -> str:
     """One person as the caption names them, position included.
 
     Others: "a woman with red hair and sunglasses in a green shirt on the right".
     Arthur, by what differs from how he usually looks (glasses and a beard), as the seed's rules ask:
-    "Arthur with sunglasses and without his beard in a red shirt on the left".
+    "Arthur with sunglasses and without his beard in a red shirt on the left". Grace (usually without
+    glasses) the same way: "Grace with glasses in a blue shirt in the centre".
     """
-    if p.is_arthur:
+    if p.kind == "grace":
+        who = f"{grace} with {p.glasses}" if p.glasses != "none" else grace
+    elif p.is_arthur:
         changes = []
         if p.glasses == "sunglasses":
             changes.append("with sunglasses")
@@ -138,10 +171,12 @@ def describe(p: Person, trigger: str = "Arthur") -> str:
     return f"{who} in a {p.shirt} shirt {SLOT_WORDS[p.slot]}"
 
 
-def caption(scene: Scene, trigger: str = "Arthur") -> str:
-    """The scene's caption: Arthur first if he is there, then the others left to right, then the place."""
-    people = sorted(scene.people, key=lambda p: (not p.is_arthur, SLOTS.index(p.slot)))
-    return _and([describe(p, trigger) for p in people]) + ", " + BACKGROUND_WORDS[scene.background]
+def caption(scene: Scene, trigger: str = "Arthur", grace: str = NAMES["grace"]) -> str:
+    """The scene's caption: Arthur first if he is there, then Grace, then the others left to right, then
+    the place. `trigger` and `grace` are the words that name them."""
+    order = {"arthur": 0, "grace": 1, "stranger": 2}
+    people = sorted(scene.people, key=lambda p: (order[p.identity], SLOTS.index(p.slot)))
+    return _and([describe(p, trigger, grace) for p in people]) + ", " + BACKGROUND_WORDS[scene.background]
 
 
 # ---------------------------------------------------------------- drawing
@@ -229,8 +264,10 @@ def _person(draw, p: Person, u) -> None:
         rect(cx - 0.6, hy - 0.8, cx + 0.6, hy - 0.2, (20, 20, 20))
     elif p.glasses == "sunglasses":
         rect(cx - 4.8, hy - 2, cx + 4.8, hy + 1.5, (10, 10, 15))
-    # hair on top: a cap; Arthur's stands up in spikes
+    # hair on top: a cap; Arthur's stands up in spikes, Grace's is tied up in a bun
     draw.chord([u(cx - r - 0.6), u(hy - r - 1.2), u(cx + r + 0.6), u(hy + r - 2)], 180, 360, fill=hair)
+    if p.kind == "grace":  # a bun on top of the head
+        ellipse(cx - 4, hy - r - 7.5, cx + 4, hy - r + 0.5, hair)
     if p.is_arthur:
         for i in range(5):
             x = cx - r + 0.5 + i * (2 * r - 1) / 4
