@@ -147,19 +147,18 @@ def _train_plan(cfg, rd: RunDir, selection) -> tuple[int, bool]:
              if p.get("training_size")}
     square = (cfg.dataset.resolution, cfg.dataset.resolution)
     shapes = [sizes.get(name, square) for name in selection.used]
+
+    def shape(photo) -> tuple[int, int]:
+        try:
+            return training_size(*usable_size(photo.path), cfg.dataset.resolution, cfg.dataset.aspect)
+        except PhotoRejected:
+            return square  # the cache stage names it
+
     people = cfg.dataset.everyone()
     for k, person in enumerate(people[1:], 1):  # more people's folders (dataset.people), all of each
-        for photo in find_photos(person.photos, person.trigger, cfg.dataset.missing_trigger,
-                                 setting=f"dataset.people[{k - 1}].photos"):
-            try:
-                shapes.append(training_size(*usable_size(photo.path), cfg.dataset.resolution, cfg.dataset.aspect))
-            except PhotoRejected:
-                shapes.append(square)  # the cache stage names it
-    for photo in find_grounding(cfg.dataset.grounding, [person.trigger for person in people]):
-        try:
-            shapes.append(training_size(*usable_size(photo.path), cfg.dataset.resolution, cfg.dataset.aspect))
-        except PhotoRejected:
-            shapes.append(square)  # the cache stage names it
+        shapes += map(shape, find_photos(person.photos, person.trigger, cfg.dataset.missing_trigger,
+                                         setting=cfg.dataset.setting(k, "photos")))
+    shapes += map(shape, find_grounding(cfg.dataset.grounding, [person.trigger for person in people]))
     shapes += [square] * cfg.ground.count  # drawn at the training resolution
     held = cfg.dataset.holdout * len(people)
     shapes = shapes[held:] if held < len(shapes) else shapes

@@ -182,8 +182,8 @@ def caption_stage(cfg, rd: RunDir, env_file: Path | None = None, dry_run: bool =
     if not todo:
         _finish(cfg, rd, report, jobs, store, started)
         return report
-    presses = _request(cfg, rd, report, jobs, todo, store, [(trigger, reference), *others], env_file, on_photo,
-                       started)
+    presses = _request(cfg, rd, report, jobs, todo, store, system, [(trigger, reference), *others], env_file,
+                       on_photo, started)
     if presses.count:
         raise _interrupted(report, todo, store, presses, resume_hint)
     got = [r for r in report.records if r.photo in {j.path.name for j in todo}]
@@ -264,15 +264,14 @@ def _check_writable(folder: Path, photos: Path, photos_too: bool) -> None:
 
 
 def _request(cfg, rd: RunDir, report: CaptionReport, jobs: list[Job], todo: list[Job], store: CaptionStore,
-             references: list[tuple[str, Path]], env_file: Path | None, on_photo, started: float) -> Presses:
-    """Check the endpoint, caption `todo` (`references`: (trigger, photo) of the person, then of each of
-    dataset.people), then write the review page and manifest however it ended."""
+             system: str, references: list[tuple[str, Path]], env_file: Path | None, on_photo,
+             started: float) -> Presses:
+    """Check the endpoint, caption `todo` with the rules `system` (`references`: (trigger, photo) of the
+    person, then of each of dataset.people), then write the review page and manifest however it ended."""
     cc, ep = cfg.caption, report.endpoint
     key = api_key(ep, env_file)
     stop = threading.Event()
-    trigger = cfg.dataset.trigger
-    system = system_prompt(cc.rules, trigger, [who for who, _ in references[1:]])
-    ctx = AskContext(make_client(ep, cc, key, stop), ep, cc, trigger, system, "", Redactor(key), stop)
+    ctx = AskContext(make_client(ep, cc, key, stop), ep, cc, cfg.dataset.trigger, system, "", Redactor(key), stop)
     sending = time.time()
     presses = Presses()
     try:

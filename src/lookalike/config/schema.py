@@ -181,6 +181,12 @@ class DatasetConfig(_Section):
                                           "person): give every person their own trigger word", {"word": word})
         return people
 
+    @staticmethod
+    def setting(k: int, key: str) -> str:
+        """The config key of person k's `key` (`everyone()` order): dataset.photos for the main person,
+        dataset.people[k-1].photos for the others."""
+        return f"dataset.{key}" if k == 0 else f"dataset.people[{k - 1}].{key}"
+
     def everyone(self) -> list[PersonConfig]:
         """The main person (dataset.trigger, photos, class_phrase; their reference is caption.reference)
         first, then dataset.people."""

@@ -76,7 +76,7 @@ def missing_class_phrase(dataset) -> str | None:
     `dataset.people[i].class_phrase`), or None when everyone has one."""
     for k, person in enumerate(dataset.everyone()):
         if not (person.class_phrase or "").strip():
-            return "dataset.class_phrase" if k == 0 else f"dataset.people[{k - 1}].class_phrase"
+            return dataset.setting(k, "class_phrase")
     return None
 
 
@@ -102,7 +102,7 @@ def check_dataset_size(n_photos: int, cfg, owners: list[int] = ()) -> None:
     holdout, batch = cfg.dataset.holdout, cfg.train.batch_size
     for k in sorted(set(owners)):
         if holdout >= owners.count(k):
-            setting = "dataset.photos" if k == 0 else f"dataset.people[{k - 1}].photos"
+            setting = cfg.dataset.setting(k, "photos")
             raise ConfigError(f"dataset.holdout = {holdout} leaves no photo to train on ({owners.count(k)} found in "
                               f"{setting}); lower it, or add photos")
     holdout *= max(1, len(set(owners)))

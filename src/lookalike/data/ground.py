@@ -85,7 +85,7 @@ def phrases_of(cfg) -> list[tuple[str, list[str]]]:
     for k, person in enumerate(cfg.dataset.everyone()):
         own = (person.class_phrase or "").strip()
         if not (phrases or own):
-            setting = "dataset.class_phrase" if k == 0 else f"dataset.people[{k - 1}].class_phrase"
+            setting = cfg.dataset.setting(k, "class_phrase")
             raise ConfigError(f"ground.count = {cfg.ground.count} needs a class phrase for the people drawn in "
                               f"{person.trigger}'s place: --set {setting}='a man' (or one list for everyone: "
                               "--set ground.phrases=\"['a man', 'a woman']\")")

@@ -87,9 +87,8 @@ def find_everyones_photos(dataset, names: list[str] | None = None, leave_out: st
     like `find_photos` against its own person's trigger."""
     out = []
     for k, person in enumerate(dataset.everyone()):
-        setting = "dataset.photos" if k == 0 else f"dataset.people[{k - 1}].photos"
         found = find_photos(person.photos, person.trigger, dataset.missing_trigger, names if k == 0 else None,
-                            leave_out, setting)
+                            leave_out, dataset.setting(k, "photos"))
         out += [(k, p) for p in found]
     return out
 
