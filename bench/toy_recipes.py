@@ -49,6 +49,11 @@ RECIPES = {
     # a constant learning rate (the write-up's schedule), where an average of the weights should matter most
     "others-constant": (40, ["train.schedule=constant", "train.learning_rate=1e-3"]),
     "ground-constant": (0, ["ground.count=40", CLASS, "train.schedule=constant", "train.learning_rate=1e-3"]),
+    # the toy preset pushed harder where the sampler decides who is drawn: more steps at high σ, a higher peak
+    # rate, a weaker pull of the grounding photos towards the base model
+    "others-shift5": (40, ["train.shift=5"]),
+    "others-lr3e-3": (40, ["train.learning_rate=3e-3"]),
+    "others-weight2": (40, ["train.grounding_weight=2"]),
     # two people in one LoRA: Arthur's 40 photos and Grace's 40 (a fifth of them with Arthur), 1200 steps
     "two-others": (40, [], 2),
     "two-ground-varied": (0, ["ground.count=40", VARIED], 2),

@@ -255,9 +255,43 @@ def test_fit_counts_grounding_images_in_what_it_asks_to_spend(tmp_path):
     cfg = load_config(None, preset="toy", overrides=["ground.count=40", "dataset.class_phrase=a man"])
     said = []
     with pytest.raises(ConfigError, match=r"fit would now spend 40 grounding image\(s\) and 800 training steps; add --yes"):
-        pipeline._confirm(cfg, pipeline.FitOptions(command="lookalike fit"), None, 40, 800, False, said.append)
+        pipeline._confirm(cfg, pipeline.FitOptions(command="lookalike fit"), [], 40, 800, False, said.append)
     assert said[0].startswith("ground: 40 images of 20 steps, ~15 s (estimate: the toy model's measured speed")
     assert said[1].startswith("train: 800 training steps")
     no_phrase = load_config(None, preset="toy", overrides=["ground.count=40"])
     with pytest.raises(ConfigError, match="dataset.class_phrase"):  # refused before anything is paid for
-        pipeline._ground_plan(no_phrase, None, {"requests": 3})
+        pipeline._ground_plan(no_phrase, None, [(no_phrase, None, {"requests": 3})])
+
+
+def test_fit_plans_captions_for_every_persons_folder(tmp_path):
+    """With dataset.people, fit's caption plan covers each other person's folder too (their reference first),
+    counts their uncaptioned photos in the training steps, and without their reference refuses naming it,
+    before anything is paid for."""
+    from lookalike import pipeline
+    from lookalike.config import load_config
+    from lookalike.errors import ConfigError
+    from lookalike.rundir import RunDir
+
+    make_photos(tmp_path / "arthur", n=4)
+    distinct_photos(tmp_path / "grace", 3)
+    astronaut().save(tmp_path / "me.jpg")
+    grace_hopper().save(tmp_path / "grace.jpg")
+    people = f"dataset.people=[{{trigger: Grace, photos: '{tmp_path / 'grace'}', reference: '{tmp_path / 'grace.jpg'}'}}]"
+    cfg = load_config(None, preset="tiny", overrides=[f"dataset.photos={tmp_path / 'arthur'}", people,
+                                                      f"caption.reference={tmp_path / 'me.jpg'}", "dataset.resolution=64",
+                                                      "train.epochs=1", "train.batch_size=1"])
+    rd, said = RunDir(tmp_path / "run"), []
+    opts = pipeline.FitOptions(command="lookalike fit")
+    todo = pipeline._caption_plan(cfg, rd, opts, said.append)
+    assert said[0].startswith("caption: every photo has a caption (4 written by you")
+    assert said[1].startswith("caption: 3 photo(s) of Grace to caption with ")
+    [(view, sub, est)] = todo
+    assert (view.dataset.trigger, view.dataset.people[0].trigger, est["requests"]) == ("Grace", "Arthur", 3)
+    assert sub.root == rd.root / "people" / "Grace"
+    selection = pipeline._ingest(cfg, rd, lambda _: None)
+    assert pipeline._train_plan(cfg, rd, selection, todo) == (7, False)  # 4 of Arthur, 3 of Grace, batch 1
+    with pytest.raises(ConfigError, match=r"dataset.people\[0\].reference is not set.*has 3 photo\(s\) without a caption"):
+        pipeline._caption_plan(load_config(None, preset="tiny", overrides=[
+            f"dataset.photos={tmp_path / 'arthur'}", people.replace(f", reference: '{tmp_path / 'grace.jpg'}'", "")]),
+            rd, opts, said.append)
+    assert not list((tmp_path / "grace").glob("*.txt"))

@@ -250,6 +250,9 @@ def caption(
     api_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the API key (caption.api_key_env)."),
     env_file: Optional[Path] = typer.Option(None, help="A .env file to read the API key from (never written anywhere)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the requests, tokens and cost it would take; send nothing."),
+    person: Optional[str] = typer.Option(
+        None, help="Caption another person's folder (one of dataset.people, by trigger word): their reference first, "
+        "everyone else's beside it; records in RUN/people/<trigger>/."),
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
@@ -259,7 +262,7 @@ def caption(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from lookalike.caption.agent import caption_stage
+    from lookalike.caption.agent import caption_stage, person_index, person_view
 
     overrides = list(set_ or [])
     for key, value in (("reference", reference), ("provider", provider), ("model", model), ("base_url", base_url),
@@ -267,6 +270,8 @@ def caption(
         if value is not None:
             overrides.append(f"caption.{key}={json.dumps(value)}")
     cfg, rd = _prepare_run(run, photos, trigger, preset, config, overrides, training=False)
+    if person is not None:
+        cfg, rd = person_view(cfg, rd, person_index(cfg, person))
     if dry_run:
         report = caption_stage(cfg, rd, env_file, dry_run=True)
         est = report.estimate

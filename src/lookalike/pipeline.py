@@ -57,13 +57,13 @@ def _fit(cfg, rd: RunDir, opts: FitOptions, again: str, say) -> FitResult:
     selection = _ingest(cfg, rd, say)
     captions = _caption_plan(cfg, rd, opts, say)
     drawing = _ground_plan(cfg, rd, captions)
-    steps, resume = _train_plan(cfg, rd, selection)
+    steps, resume = _train_plan(cfg, rd, selection, captions)
     no_eval = _eval_plan(cfg, rd, selection)
     if no_eval:
         say(f"eval: cannot measure likeness ({no_eval}); fit will train and export the LoRA without a report")
     _confirm(cfg, opts, captions, drawing, steps, resume, say)
-    if captions:
-        _caption(cfg, rd, opts, again, say)
+    for view, sub, _ in captions:
+        _caption(view, sub, opts, again, say)
     if cfg.ground.count:
         _ground(cfg, rd, drawing, say)
     _train(cfg, rd, steps, resume, again, say)
@@ -100,23 +100,30 @@ def _ingest(cfg, rd: RunDir, say):
     return selection
 
 
-def _caption_plan(cfg, rd: RunDir, opts: FitOptions, say) -> dict | None:
-    """The dry run of the caption stage: None when every photo has a caption, else its estimate."""
-    from lookalike.caption.agent import caption_stage
+def _caption_plan(cfg, rd: RunDir, opts: FitOptions, say) -> list[tuple]:
+    """The dry run of the caption stage on each folder: the person's, then each of dataset.people's (when their
+    references are set: `caption.agent.people_views`). [(config, run folder, estimate)] of those with photos
+    still to caption."""
+    from lookalike.caption.agent import caption_stage, people_views
 
-    report = caption_stage(cfg, rd, opts.env_file, dry_run=True)
-    est = report.estimate
-    if not est["requests"]:
-        say(f"caption: every photo has a caption ({report.actions['user']} written by you, "
-            f"{report.actions['cached'] + report.actions['restore']} from earlier runs)")
-        return None
-    cost = f"about ${est['cost_usd']:.4f}" if est["cost_usd"] is not None else "cost unknown (set caption.price_in/price_out)"
-    say(f"caption: {est['requests']} photo(s) to caption with {report.endpoint.model} at {report.endpoint.base_url}: "
-        f"{est['requests']} request(s), ~{est['input_tokens'] + est['output_tokens']} tokens, {cost}")
-    return est
+    todo = []
+    for k, (view, sub) in enumerate([(cfg, rd), *people_views(cfg, rd)]):
+        whose = "" if k == 0 else f" of {view.dataset.trigger}"
+        report = caption_stage(view, sub, opts.env_file, dry_run=True)
+        est = report.estimate
+        if not est["requests"]:
+            say(f"caption: every photo{whose} has a caption ({report.actions['user']} written by you, "
+                f"{report.actions['cached'] + report.actions['restore']} from earlier runs)")
+            continue
+        cost = f"about ${est['cost_usd']:.4f}" if est["cost_usd"] is not None else "cost unknown (set caption.price_in/price_out)"
+        say(f"caption: {est['requests']} photo(s){whose} to caption with {report.endpoint.model} at "
+            f"{report.endpoint.base_url}: {est['requests']} request(s), ~{est['input_tokens'] + est['output_tokens']} "
+            f"tokens, {cost}")
+        todo.append((view, sub, est))
+    return todo
 
 
-def _ground_plan(cfg, rd: RunDir, captions: dict | None) -> int:
+def _ground_plan(cfg, rd: RunDir, captions: list) -> int:
     """Grounding images still to draw (all of them while captions are still to be bought)."""
     if not cfg.ground.count:
         return 0
@@ -135,8 +142,9 @@ def _ground(cfg, rd: RunDir, drawing: int, say) -> None:
     say(f"ground: {report.images} grounding images ({report.drawn} drawn, {report.reused} kept) in {report.folder}")
 
 
-def _train_plan(cfg, rd: RunDir, selection) -> tuple[int, bool]:
-    """(steps still to train, resume?) from the run's state and the recipe."""
+def _train_plan(cfg, rd: RunDir, selection, captions: list = ()) -> tuple[int, bool]:
+    """(steps still to train, resume?) from the run's state and the recipe (`captions`: `_caption_plan`'s)."""
+    from lookalike.caption.agent import photo_files
     from lookalike.data.buckets import training_size
     from lookalike.data.loader import make_plan
     from lookalike.data.photos import find_grounding, find_photos
@@ -148,17 +156,21 @@ def _train_plan(cfg, rd: RunDir, selection) -> tuple[int, bool]:
     square = (cfg.dataset.resolution, cfg.dataset.resolution)
     shapes = [sizes.get(name, square) for name in selection.used]
 
-    def shape(photo) -> tuple[int, int]:
+    def shape(path) -> tuple[int, int]:
         try:
-            return training_size(*usable_size(photo.path), cfg.dataset.resolution, cfg.dataset.aspect)
+            return training_size(*usable_size(path), cfg.dataset.resolution, cfg.dataset.aspect)
         except PhotoRejected:
             return square  # the cache stage names it
 
     people = cfg.dataset.everyone()
+    to_caption = {view.dataset.trigger: (view, sub) for view, sub, _ in captions}
     for k, person in enumerate(people[1:], 1):  # more people's folders (dataset.people), all of each
-        shapes += map(shape, find_photos(person.photos, person.trigger, cfg.dataset.missing_trigger,
-                                         setting=cfg.dataset.setting(k, "photos")))
-    shapes += map(shape, find_grounding(cfg.dataset.grounding, [person.trigger for person in people]))
+        if person.trigger in to_caption:  # captions still to buy: the photos the caption stage will send
+            shapes += map(shape, photo_files(*to_caption[person.trigger]))
+        else:
+            shapes += (shape(p.path) for p in find_photos(person.photos, person.trigger, cfg.dataset.missing_trigger,
+                                                          setting=cfg.dataset.setting(k, "photos")))
+    shapes += (shape(p.path) for p in find_grounding(cfg.dataset.grounding, [person.trigger for person in people]))
     shapes += [square] * cfg.ground.count  # drawn at the training resolution
     held = cfg.dataset.holdout * len(people)
     shapes = shapes[held:] if held < len(shapes) else shapes
@@ -190,7 +202,7 @@ def _eval_plan(cfg, rd: RunDir, selection) -> str | None:
     return None
 
 
-def _confirm(cfg, opts: FitOptions, captions: dict | None, drawing: int, steps: int, resume: bool, say) -> None:
+def _confirm(cfg, opts: FitOptions, captions: list, drawing: int, steps: int, resume: bool, say) -> None:
     """Say what will be paid for; go on only with --yes or the user's yes."""
     from lookalike.estimate import drawing_estimate, training_estimate
     from lookalike.runtime import training_runtime
@@ -208,7 +220,8 @@ def _confirm(cfg, opts: FitOptions, captions: dict | None, drawing: int, steps: 
         say(f"train: {'resume, ' if resume else ''}{est.line()} on {runtime.device}")
     if not (captions or drawing or steps) or opts.yes:
         return
-    what = " and ".join(x for x in (f"{captions['requests']} caption request(s)" if captions else "",
+    requests = sum(est["requests"] for _, _, est in captions)
+    what = " and ".join(x for x in (f"{requests} caption request(s)" if captions else "",
                                     f"{drawing} grounding image(s)" if drawing else "",
                                     f"{steps} training steps" if steps else "") if x)
     if opts.confirm is None:

@@ -247,3 +247,29 @@ def test_review_page_renders_in_a_browser(tmp_path, setup):
     assert 'data-thumbnails="10/10"' in dom  # every embedded thumbnail decoded in the browser
     assert dom.index('data-photo="p3.png"') < dom.index('data-photo="p0.png"')  # flagged photos first
     assert dom.count('class="trigger"') == 9
+
+
+def test_another_persons_folder_is_captioned_with_their_reference_first(tmp_path, setup):
+    """`caption --person Grace`: her photos, her reference first and Arthur's beside it, captions starting with
+    her trigger; records in RUN/people/Grace/, Arthur's folder untouched."""
+    grace_hopper().save(tmp_path / "grace.jpg")
+    colour_photos(tmp_path / "grace", 3)
+    people = ["--set", f"dataset.people=[{{trigger: Grace, photos: '{tmp_path / 'grace'}', "
+                       f"reference: '{tmp_path / 'grace.jpg'}'}}]"]
+    with VLMServer(Script(trigger="Grace", identify=identify_colour, api_key=KEY)) as server:
+        r = caption(tmp_path, server.url, *people, "--person", "Ida")
+        assert r.returncode == 2 and "--person Ida: no one in this run is called that" in r.stderr
+        assert "Arthur, Grace" in r.stderr and "Traceback" not in r.stderr
+        r = caption(tmp_path, server.url, *people, "--person", "grace")
+        assert r.returncode == 0, r.stderr
+        assert sorted(s.photo for s in server.seen) == ["p0", "p1", "p2"]
+        grace, astro = (np.asarray(im.resize((64, 64)), dtype=float) for im in (grace_hopper(), astronaut()))
+        for s in server.seen:
+            assert np.abs(np.asarray(s.images[0].resize((64, 64)), dtype=float) - grace).mean() < 8
+            assert np.abs(np.asarray(s.images[1].resize((64, 64)), dtype=float) - astro).mean() < 8
+            texts = [part["text"] for part in s.messages[1]["content"] if part["type"] == "text"]
+            assert texts == ["Image 1: the reference photo of Grace.", "Image 2: the reference photo of Arthur.",
+                             "Image 3: the photo to caption. Start the caption with Grace."]
+    assert (tmp_path / "grace/p0.txt").read_text().startswith("Grace standing")
+    assert (tmp_path / "run/people/Grace/caption/review.html").is_file()
+    assert not list((tmp_path / "photos").glob("*.txt"))

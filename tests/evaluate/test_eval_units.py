@@ -80,8 +80,8 @@ def test_toy_suite_and_headline_with_a_second_person():
     assert [name for name, _ in suite.groups] == ["trigger", "second", "both", "plain", "empty"]
     assert all(p.startswith("Ida") for p in suite.prompts("second")) and len(suite.prompts("both")) == 1
     assert all("Arthur" in p and "Ida" in p for p in suite.prompts("both"))
-    metrics = {"likeness": 0.9, "likeness_grace": 0.7, "leakage": 0.0, "arthur_elsewhere": 0.0,
-               "grace_elsewhere": 0.05, "confusion": 0.1}
+    metrics = {"likeness": 0.9, "leakage": 0.0, "arthur_elsewhere": 0.0, "confusion": 0.1,
+               "people": {"Ida": {"likeness": 0.7, "both": 0.5, "elsewhere": 0.05}}}
     assert ToyJudge.headline(metrics, {"agreement": 0.95}) == {
         "likeness": 0.7, "leakage": 0.0, "elsewhere": 0.1, "preservation": 0.95, "copy": None}
     # the judge's metrics read every group: Arthur found in both trigger images, Grace in one of two, and
@@ -96,6 +96,8 @@ def test_toy_suite_and_headline_with_a_second_person():
     m = judge.metrics(readings)
     assert (m["likeness"], m["likeness_grace"], m["likeness_both"], m["confusion"]) == (1.0, 0.5, 1.0, 0.25)
     assert m["empty"] == 0.0 and m["empty_grace"] == 1.0
+    assert m["people"] == {"Ida": {"likeness": 0.5, "both": 1.0, "elsewhere": 0.0}}
+    assert judge.headline(m, None)["likeness"] == 0.5 and judge.headline(m, None)["elsewhere"] == 0.25
     one = {"likeness": 0.9, "leakage": 0.0, "arthur_elsewhere": 0.02}
     assert ToyJudge.headline(one, None)["likeness"] == 0.9 and ToyJudge.headline(one, None)["elsewhere"] == 0.02
 
@@ -176,3 +178,46 @@ def test_face_judge_turns_face_readings_into_the_headline_numbers():
     assert [p["is_person"] for p in judge.people(tuned["group"][0])] == [True, True]
     assert judge.found(tuned["empty"][0]) and not judge.found(base["empty"][0])
     assert isinstance(base["trigger"][0], Reading)
+
+
+def test_face_judge_with_two_people_reports_each_and_their_confusion():
+    """Two learned people (dataset.people) on hand-made dlib readings: each face is the person it is nearest
+    (relative to their threshold), never both; each one's likeness on their own prompts, both found on the
+    pair prompts, and one drawn where the other was asked for (confusion) in the headline."""
+    import numpy as np
+
+    from lookalike.evaluate.faces import PersonModel, calibrate, judge_faces
+    from lookalike.evaluate.judges import FaceJudge
+    from lookalike.evaluate.suite import asked
+    from lookalike.ingest.faces import Face
+
+    arthur, grace = np.zeros(128), np.eye(128)[0]  # 1.0 apart: dlib's 0.6 tells them apart
+
+    def model(at):
+        embeddings = np.stack([at, at + 0.01])
+        return PersonModel(embeddings, ("a.jpg", "b.jpg"), calibrate(embeddings))
+
+    a, g = model(arthur), model(grace)
+
+    def image(*where):  # a face at each embedding
+        return judge_faces([Face((20 * i, 10, 20 * i + 20, 30), 1.0, e) for i, e in enumerate(where)], a, 64, 64,
+                           others=[g])
+
+    cfg = load_config(None, overrides=["dataset.people=[{trigger: Grace, photos: /x}]", "eval.seeds=[0, 1]",
+                                       "eval.prompts=['{trigger} as a wizard']",
+                                       "eval.pair_prompts=['{trigger} and {other} at a cafe']"])
+    judge = FaceJudge(cfg, a, [g])
+    assert judge.suite.prompts("second") == ("Grace as a wizard",)
+    assert judge.suite.prompts("both") == ("Arthur and Grace at a cafe",)
+    assert asked(cfg, "both") == [(0, 1), (0, 1)] and asked(cfg, "second") == [(1,), (1,)]
+    midway = 0.45 * grace  # within both thresholds, nearer Arthur: Arthur only
+    assert image(midway).who() == [0] and image(grace + 0.05).who() == [1] and image(3 * grace).who() == [None]
+    readings = {"trigger": [image(arthur), image(grace)], "group": [image(arthur, 3 * grace)],
+                "second": [image(grace), image()], "both": [image(arthur, grace), image(midway)],
+                "plain": [image(), image(3 * grace)], "empty": [image()]}
+    m = judge.metrics(readings)
+    assert m["likeness"] == 0.5 and m["people"] == {"Grace": {"likeness": 0.5, "both": 0.5, "elsewhere": 0.0}}
+    assert m["confusion"] == 0.25 and m["likeness_both"] == 0.5  # Grace drawn in 1 of 4 one-person images
+    head = judge.headline(m, None)
+    assert (head["likeness"], head["elsewhere"]) == (0.5, 0.25)
+    assert [p["who"] for p in judge.people(readings["both"][0])] == ["Arthur", "Grace"]

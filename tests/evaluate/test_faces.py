@@ -286,3 +286,33 @@ def test_recommendation_refuses_a_checkpoint_that_copies():
     assert rec["rejected"] == {"step-000200": ["copy 0.250 > eval.max_copy 0.1"]}
     assert "copy score" not in rec["reason"]
     assert "copy score 0.020 <= 0.1" in recommend(rows[:1], bounds)["reason"]
+
+
+def test_face_judge_from_a_run_of_two_people_tells_them_apart(tmp_path):
+    """The judge of a run that learned two people (dataset.people): each person from their own cached photos
+    (Grace anchored on her reference photo), and a photo of the two side by side read as both, each once."""
+    from lookalike.config import load_config
+    from lookalike.evaluate.judges import FaceJudge
+    from lookalike.rundir import RunDir
+
+    a, h = astronaut(), grace_hopper()
+    items = []
+    for who, im, trigger in (("a", a, "Arthur"), ("h", h, "Grace")):
+        (tmp_path / who).mkdir()
+        for i, name in enumerate(["original", "flip", "crop", "jpeg 25"]):
+            path = tmp_path / who / f"{i}.jpg"
+            AUGMENTS[name](im).save(path, quality=95)
+            items.append({"photo": str(path), "caption": f"{trigger} smiling", "person": trigger})
+    held_out(h).save(tmp_path / "grace-selfie.jpg")
+    rd = RunDir(tmp_path / "run")
+    rd.cache_index.parent.mkdir(parents=True)
+    rd.cache_index.write_text(json.dumps({"items": items}))
+    cfg = load_config(None, overrides=[f"dataset.photos={tmp_path / 'a'}", "dataset.people=[{trigger: Grace, photos: "
+                                       f"{tmp_path / 'h'}, reference: {tmp_path / 'grace-selfie.jpg'}}}]"])
+    judge = FaceJudge.from_run(cfg, rd)
+    assert list(judge.person.names) == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"] and len(judge.others) == 1
+    both = judge.read([side_by_side(a, h)])[0]
+    assert both.who() == [0, 1] or both.who() == [1, 0]
+    assert sorted(p["who"] for p in judge.people(both)) == ["Arthur", "Grace"]
+    assert judge.read([h])[0].who() == [1] and judge.about()["people"]["Grace"]["photos"] == ["0.jpg", "1.jpg",
+                                                                                               "2.jpg", "3.jpg"]

@@ -227,3 +227,20 @@ def test_report_reads_a_metrics_json_of_an_older_lookalike(tmp_path):
     page = write_report(load_config(None, preset="toy"), rd).read_text()
     assert 'class="rec none"' in page and html.escape(metrics["recommendation"]["reason"]) in page
     assert json.loads(rd.eval_metrics.read_text())["recommendation"]["step"] is None
+
+
+def test_report_of_two_people_shows_each_ones_likeness_and_their_confusion(tmp_path):
+    """The headline likeness is the worse of the two; the table adds each person's own and confusion."""
+    from lookalike.evaluate.report import write_report
+
+    rd, metrics = evaluated_run(tmp_path, [row(8, 0.55)])
+    metrics["judge"]["main"] = "Arthur"
+    two = {"likeness": 0.9, "likeness_both": 0.25, "confusion": 0.05, "people": {"Grace": {"likeness": 0.55}}}
+    metrics["base"]["metrics"].update(likeness=0.0, people={"Grace": {"likeness": 0.0}}, confusion=0.0)
+    metrics["checkpoints"][0]["lora"].update(two)
+    write_json_atomic(rd.eval_metrics, metrics)
+    page = write_report(load_config(None, preset="toy"), rd).read_text()
+    heads = ("<th>likeness of Arthur</th><th>likeness of Grace</th><th>both found</th><th>confusion</th>")
+    assert heads in page
+    assert ('<td class="num">0.900</td><td class="num">0.550</td><td class="num">0.250</td><td class="num">0.050</td>'
+            in page)

@@ -196,6 +196,64 @@ def caption_stage(cfg, rd: RunDir, env_file: Path | None = None, dry_run: bool =
     return report
 
 
+def person_view(cfg, rd: RunDir, k: int):
+    """(config, run folder) in which person k of `dataset.everyone()` is the one captioned (k = 0: `cfg`, `rd`).
+
+    For one of dataset.people: their trigger, photos, class phrase and reference become dataset.* and
+    caption.reference, everyone else (the main person with their reference) dataset.people, so each request
+    carries every person's reference, theirs first; the records and review page go to RUN/people/<trigger>/.
+    Every reference must be set: theirs is sent with each request, the others' beside it.
+    """
+    from lookalike.config.schema import PersonConfig
+
+    if k == 0:
+        return cfg, rd
+    person = cfg.dataset.people[k - 1]
+    main, problem = _reference(cfg, rd)
+    if problem is not None:
+        raise problem
+    _, problem = _other_references(cfg)
+    if problem is not None:
+        raise problem
+    me = PersonConfig.model_construct(trigger=cfg.dataset.trigger, photos=cfg.dataset.photos,
+                                      class_phrase=cfg.dataset.class_phrase, reference=str(main))
+    others = [me, *(p for i, p in enumerate(cfg.dataset.people) if i != k - 1)]
+    dataset = cfg.dataset.model_copy(update={"trigger": person.trigger, "photos": person.photos,
+                                             "class_phrase": person.class_phrase, "people": others})
+    view = cfg.model_copy(update={"dataset": dataset,
+                                  "caption": cfg.caption.model_copy(update={"reference": person.reference})})
+    return view, RunDir(rd.root / "people" / person.trigger)
+
+
+def people_views(cfg, rd: RunDir) -> list:
+    """For `fit`: `person_view` of each of dataset.people, whose folders the caption stage then sees like the
+    main one. Without every reference set, none: their folders must then be captioned already (by hand, or
+    an earlier `caption --person`), else the missing reference is refused naming its setting."""
+    if not cfg.dataset.people:
+        return []
+    try:
+        return [person_view(cfg, rd, k) for k in range(1, len(cfg.dataset.people) + 1)]
+    except ConfigError as missing:
+        for k, person in enumerate(cfg.dataset.people, start=1):
+            folder = Path(person.photos).expanduser()
+            bare = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                          and not caption_path(p).is_file()) if folder.is_dir() else []
+            if bare:
+                raise ConfigError(f"{missing} ({cfg.dataset.setting(k, 'photos')} has {len(bare)} photo(s) without a "
+                                  f"caption to ask for, e.g. {bare[0]})") from None
+        return []
+
+
+def person_index(cfg, trigger: str) -> int:
+    """Which person of `dataset.everyone()` a trigger word names (case-insensitive), or a ConfigError listing them."""
+    words = [p.trigger for p in cfg.dataset.everyone()]
+    for k, word in enumerate(words):
+        if word.lower() == trigger.lower():
+            return k
+    raise ConfigError(f"--person {trigger}: no one in this run is called that; the run's people: {', '.join(words)} "
+                      "(dataset.trigger, then dataset.people)")
+
+
 def _reference(cfg, rd: RunDir) -> tuple[Path | None, ConfigError | None]:
     """caption.reference as a file, else the photo the dataset doctor chose (the clearest photo of the
     person alone), or why there is none (an error only once something must be asked)."""

@@ -403,6 +403,11 @@ class EvalConfig(_Section):
         ["{trigger} with two friends at the beach", "{trigger} and a woman having dinner"],
         description="prompts with the person among others (leakage: are the others turned into the person?)",
     )
+    pair_prompts: list[NonEmpty] = Field(
+        ["{trigger} and {other} standing side by side in a park", "{trigger} and {other} having coffee at a cafe"],
+        description="with dataset.people: prompts naming two learned people, the main one ({trigger}) and each "
+        "other ({other}); are both drawn, each as themselves?",
+    )
     plain_prompts: list[NonEmpty] = Field(
         ["a man in a tuxedo", "a woman reading in a park", "a cozy living room"],
         description="prompts without the trigger (preservation: LoRA on vs off); the empty prompt is always added",
@@ -437,6 +442,15 @@ class EvalConfig(_Section):
     )
     empty_seeds: Int = Field(16, ge=1, description="`lookalike experiment empty`: seeds drawn with the empty prompt")
     replay_seed: Seed = Field(0, description="`lookalike experiment replay`: the seed each training caption is redrawn with")
+
+    @field_validator("pair_prompts")
+    @classmethod
+    def _name_both(cls, prompts: list[str]) -> list[str]:
+        for prompt in prompts:
+            if "{trigger}" not in prompt or "{other}" not in prompt:
+                raise PydanticCustomError(_OUR_ERROR, "'{prompt}' must name both people: write {trigger} and "
+                                          "{other} in it", {"prompt": prompt})
+        return prompts
 
 
 class Config(_Section):

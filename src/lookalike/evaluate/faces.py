@@ -273,15 +273,18 @@ class FaceReading:
     nearest: float  # distance to the closest of them
     is_person: bool  # distance < the person's threshold
     copy: float | None = None  # PersonModel.copy_score (None without held-out photos)
+    threshold: float = DLIB_THRESHOLD  # the person's threshold the face was judged with
 
 
 @dataclass(frozen=True)
 class Reading:
-    """The faces of one generated image, largest first."""
+    """The faces of one generated image, largest first, judged against the (main) person; `others` holds the
+    same faces judged against each other person the LoRA learned (dataset.people), in order."""
 
     width: int
     height: int
     faces: tuple[FaceReading, ...] = field(default_factory=tuple)
+    others: tuple["Reading", ...] = ()
 
     @property
     def closest(self) -> FaceReading | None:
@@ -293,6 +296,26 @@ class Reading:
         """The person is in this image: its closest face is within the threshold."""
         return self.closest is not None and self.closest.is_person
 
+    def who(self) -> list[int | None]:
+        """Per face: which learned person it is (0 the main one, k the k-th of dataset.people), or None (a
+        stranger). A face within several people's thresholds is the one it is nearest to relative to their
+        threshold, so one face never counts as two people. Thresholds come from each person's own photos."""
+        judged = (self, *self.others)
+        out = []
+        for i in range(len(self.faces)):
+            ratios = {k: r.faces[i].distance / r.threshold for k, r in enumerate(judged) if r.faces[i].is_person}
+            out.append(min(ratios, key=ratios.get) if ratios else None)
+        return out
+
+    @property
+    def threshold(self) -> float:
+        """The threshold the faces were judged with (the same for every face of one reading)."""
+        return self.faces[0].threshold if self.faces else 0.0
+
+    def found_person(self, k: int) -> bool:
+        """Person k (0: the main one) is one of the faces, as `who` attributes them."""
+        return k in self.who()
+
     def to_json(self) -> dict:
         closest = self.closest
         return {"width": self.width, "height": self.height, "found": self.found,
@@ -302,20 +325,23 @@ class Reading:
                           for f in self.faces]}
 
 
-def judge_faces(faces: Sequence[Face], person: PersonModel, width: int, height: int) -> Reading:
-    """A reading of detected `faces` (of a `width` x `height` image) against the person."""
+def judge_faces(faces: Sequence[Face], person: PersonModel, width: int, height: int,
+                others: Sequence[PersonModel] = ()) -> Reading:
+    """A reading of detected `faces` (of a `width` x `height` image) against the person, and against each of
+    `others` (the other people learned) in `Reading.others`."""
     judged = []
     for face in faces:
         d = person.distances(face.embedding)
         judged.append(FaceReading(face, float(d.mean()), float(d.min()), float(d.mean()) < person.threshold,
-                                  person.copy_score(face.embedding)))
-    return Reading(width, height, tuple(judged))
+                                  person.copy_score(face.embedding), person.threshold))
+    return Reading(width, height, tuple(judged), tuple(judge_faces(faces, p, width, height) for p in others))
 
 
 def read_faces(image: Image, person: PersonModel, side: int = 1024, min_score: float = 0.5,
-               upsample: int = 1) -> Reading:
-    """Detect every face of a PIL `image` and judge it against the person (~0.3 s per 512², ~1 s per 1024², one core)."""
-    return judge_faces(find_faces(image, side, min_score, upsample), person, image.width, image.height)
+               upsample: int = 1, others: Sequence[PersonModel] = ()) -> Reading:
+    """Detect every face of a PIL `image` and judge it against the person and `others` (~0.3 s per 512², ~1 s
+    per 1024², one core: detection is done once)."""
+    return judge_faces(find_faces(image, side, min_score, upsample), person, image.width, image.height, others)
 
 
 # ---------------------------------------------------------------- metrics
@@ -333,6 +359,26 @@ def leakage(readings: Sequence[Reading]) -> tuple[float | None, int]:
     """
     others = [f for r in readings for f in r.faces if f is not r.closest]
     return (sum(f.is_person for f in others) / len(others) if others else None), len(others)
+
+
+def found_share(readings: Sequence[Reading], k: int) -> float | None:
+    """Share of images in which learned person k (0: the main one) is found (`Reading.who`)."""
+    return sum(r.found_person(k) for r in readings) / len(readings) if readings else None
+
+
+def confusion(readings: Sequence[Reading], asked: Sequence[int]) -> float | None:
+    """Share of images of one-person prompts (image i asked for person `asked[i]`) in which another learned
+    person is found: A drawn when B was asked for."""
+    if len(readings) != len(asked):
+        raise ValueError(f"confusion needs the person asked for in each image: {len(readings)} readings, {len(asked)} asked")
+    flags = [any(k is not None and k != a for k in r.who()) for r, a in zip(readings, asked)]
+    return sum(flags) / len(flags) if flags else None
+
+
+def all_found(readings: Sequence[Reading], wanted: Sequence[Sequence[int]]) -> float | None:
+    """Share of images in which every person named by their prompt (`wanted[i]`) is found."""
+    flags = [all(r.found_person(k) for k in w) for r, w in zip(readings, wanted, strict=True)]
+    return sum(flags) / len(flags) if flags else None
 
 
 def set_metrics(readings: Sequence[Reading]) -> dict:

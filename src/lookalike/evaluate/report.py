@@ -143,10 +143,9 @@ def metrics_section(metrics: dict | None, bounds, run: Path) -> str:
     if metrics is None:
         return "<h2>Metrics</h2>" + _missing("No evaluation", f"lookalike eval {run}")
     rows, pick = metrics["checkpoints"], metrics["recommendation"]["name"]
-    extra = [k for k in ("prompt_following", "empty") if k in metrics["base"]["metrics"]]
-    extra += ["copy"] if any(r["lora"].get("copy") is not None for r in rows) else []  # with held-out photos
+    extra = _extra_columns(metrics)
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in HEADLINE) + "".join(
-        f"<th>{html.escape(k.replace('_', ' '))}</th>" for k in extra)
+        f"<th>{html.escape(label)}</th>" for label, _ in extra)
     body = [_table_row("base", metrics["base"]["scores"], metrics["base"]["metrics"], extra, bounds, False)]
     body += [_table_row(r["name"], r["scores"], r["lora"], extra, bounds, r["name"] == pick) for r in rows]
     judge = metrics["judge"]
@@ -154,6 +153,22 @@ def metrics_section(metrics: dict | None, bounds, run: Path) -> str:
             f'{metrics["images"]} images; seeds per prompt: {len(metrics["suite"]["seeds"])}.</p>')
     table = f"<table><tr><th>model</th>{head}</tr>{''.join(body)}</table>"
     return f'<h2 id="metrics">Metrics, base vs LoRA</h2>{table}{note}<div class="row">{_plots(metrics, bounds)}</div>'
+
+
+def _extra_columns(metrics: dict) -> list[tuple[str, object]]:
+    """(label, value of a row's raw metrics) of the columns beside the headline: prompt following and the
+    empty prompt where counted, the copy score with held-out photos, and with several people learned each
+    one's likeness and confusion (the headline shows the worst of them)."""
+    rows, base = metrics["checkpoints"], metrics["base"]["metrics"]
+    out = [(k.replace("_", " "), lambda raw, k=k: raw.get(k)) for k in ("prompt_following", "empty") if k in base]
+    if any(r["lora"].get("copy") is not None for r in rows):  # with held-out photos
+        out.append(("copy", lambda raw: raw.get("copy")))
+    if "people" in base:
+        out.append((f"likeness of {metrics['judge'].get('main', 'the person')}", lambda raw: raw.get("likeness")))
+        out += [(f"likeness of {name}", lambda raw, n=name: raw.get("people", {}).get(n, {}).get("likeness"))
+                for name in base["people"]]
+        out += [("both found", lambda raw: raw.get("likeness_both")), ("confusion", lambda raw: raw.get("confusion"))]
+    return out
 
 
 def _table_row(name, scores, raw, extra, bounds, pick: bool) -> str:
@@ -165,7 +180,7 @@ def _table_row(name, scores, raw, extra, bounds, pick: bool) -> str:
             limit = getattr(bounds, setting)
             bad = scores[key] > limit if ceiling else scores[key] < limit
         cells.append(f'<td class="num{" bad" if bad else ""}">{_num(scores[key])}</td>')
-    cells += [f'<td class="num">{_num(raw.get(k))}</td>' for k in extra]
+    cells += [f'<td class="num">{_num(value(raw))}</td>' for _, value in extra]
     return f'<tr{" class=pick" if pick else ""}><td>{html.escape(name)}</td>{"".join(cells)}</tr>'
 
 

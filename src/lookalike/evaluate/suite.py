@@ -57,11 +57,33 @@ def fill(prompts, trigger: str) -> tuple[str, ...]:
 
 
 def gallery_suite(cfg) -> EvalSuite:
-    """The real world's suite from `cfg.eval`: gallery, group, plain prompts and the empty prompt."""
+    """The real world's suite from `cfg.eval`: gallery, group, plain prompts and the empty prompt. With
+    dataset.people, also `second` (the gallery for each other person) and `both` (eval.pair_prompts: the
+    main person with each other one); `asked(cfg)` says who each of their prompts names."""
     ev, trigger = cfg.eval, cfg.dataset.trigger
+    second, both = (tuple(p for p, _ in asked) for asked in _asked(cfg).values())
     groups = (("trigger", fill(ev.prompts, trigger)), ("group", fill(ev.group_prompts, trigger)),
-              ("plain", fill(ev.plain_prompts, trigger)), ("empty", ("",)))
+              ("second", second), ("both", both), ("plain", fill(ev.plain_prompts, trigger)), ("empty", ("",)))
     return EvalSuite(tuple((name, p) for name, p in groups if p), tuple(ev.seeds))
+
+
+def _asked(cfg) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
+    """{"second": [(prompt, people it names)], "both": [...]}: each other person's gallery prompts, and the
+    pair prompts naming the main person (0) with each other person k (`DatasetConfig.everyone` order)."""
+    ev, trigger = cfg.eval, cfg.dataset.trigger
+    second, both = [], []
+    for k, person in enumerate(cfg.dataset.people, start=1):
+        second += [(p, (k,)) for p in fill(ev.prompts, person.trigger)]
+        both += [(p.replace("{other}", person.trigger), (0, k)) for p in fill(ev.pair_prompts, trigger)]
+    return {"second": second, "both": both}
+
+
+def asked(cfg, group: str) -> list[tuple[int, ...]]:
+    """The learned people each image of a gallery-suite group asks for (prompt-major, then seed, as drawn):
+    (0,) for the trigger prompts, (k,) or (0, k) for `second` and `both`."""
+    seeds = len(cfg.eval.seeds)
+    per_prompt = [(0,)] * len(cfg.eval.prompts) if group == "trigger" else [w for _, w in _asked(cfg)[group]]
+    return [w for w in per_prompt for _ in range(seeds)]
 
 
 def toy_suite(cfg):
@@ -111,16 +133,18 @@ def _mine(item: dict, trigger: str | None) -> bool:
     return trigger is None or item.get("person", trigger) == trigger
 
 
-def training_photos(cfg, run) -> list[tuple["Path", str]]:  # noqa: F821
-    """(photo, caption) of each of the (main) person's training photos: RUN/cache/index.json (grounding
-    photos of other people, and dataset.people's photos, left out), or the photos folder when the run was
-    not cached yet."""
+def training_photos(cfg, run, k: int = 0) -> list[tuple["Path", str]]:  # noqa: F821
+    """(photo, caption) of each training photo of person k (0: the main one; `DatasetConfig.everyone` order):
+    RUN/cache/index.json (grounding photos and the other people's photos left out), or their photos folder
+    when the run was not cached yet."""
     from pathlib import Path
 
     from lookalike.data.photos import find_photos
 
+    person = cfg.dataset.everyone()[k]
     if run.cache_index.is_file():
         items = json.loads(run.cache_index.read_text())["items"]
         return [(Path(it["photo"]), it["caption"]) for it in items
-                if not it.get("grounding") and _mine(it, cfg.dataset.trigger)]
-    return [(p.path, p.caption) for p in find_photos(cfg.dataset.photos, cfg.dataset.trigger, "warn")]
+                if not it.get("grounding") and _mine(it, person.trigger)]
+    return [(p.path, p.caption) for p in find_photos(person.photos, person.trigger, "warn",
+                                                      setting=cfg.dataset.setting(k, "photos"))]
