@@ -29,35 +29,40 @@ from pathlib import Path
 STEPS = 800
 EMA = 0.99
 CLASS = "dataset.class_phrase=a man"
+# the toy preset's peak learning rate until 2026-12-03 (now 3e-3): the recipes measured with it keep it
+LR2 = "train.learning_rate=2e-3"
 # name -> (scenes of other people as dataset.grounding, settings on top of the toy preset[, people learned])
 VARIED = ("ground.phrases=['a man with brown hair', 'a woman with red hair', 'a man with black hair and a beard', "
           "'a woman with blonde hair', 'a man with grey hair']")
 RECIPES = {
-    "none": (0, []),
-    "others": (40, []),  # the toy preset today: 40 captioned scenes of other people, target base, weight 4
-    "ground": (0, ["ground.count=40", CLASS]),  # 40 images the base model draws from Arthur's captions
-    "class-prior": (0, ["train.class_prior_weight=1", CLASS]),
-    "class-prior4": (0, ["train.class_prior_weight=4", CLASS]),
-    "blank": (0, ["train.blank_prior_weight=1"]),
-    "ground+class-prior": (0, ["ground.count=40", CLASS, "train.class_prior_weight=1"]),
-    "others+class-prior": (40, ["train.class_prior_weight=1", CLASS]),
-    "ground+blank": (0, ["ground.count=40", CLASS, "train.blank_prior_weight=1"]),
-    "ground80": (0, ["ground.count=80", CLASS]),
-    "ground+others": (40, ["ground.count=40", CLASS]),
+    "none": (0, [LR2]),
+    "others": (40, [LR2]),  # the toy preset until 2026-12-03: 40 captioned scenes of others, target base, weight 4
+    "ground": (0, [LR2, "ground.count=40", CLASS]),  # 40 images the base model draws from Arthur's captions
+    "class-prior": (0, [LR2, "train.class_prior_weight=1", CLASS]),
+    "class-prior4": (0, [LR2, "train.class_prior_weight=4", CLASS]),
+    "blank": (0, [LR2, "train.blank_prior_weight=1"]),
+    "ground+class-prior": (0, [LR2, "ground.count=40", CLASS, "train.class_prior_weight=1"]),
+    "others+class-prior": (40, [LR2, "train.class_prior_weight=1", CLASS]),
+    "ground+blank": (0, [LR2, "ground.count=40", CLASS, "train.blank_prior_weight=1"]),
+    "ground80": (0, [LR2, "ground.count=80", CLASS]),
+    "ground+others": (40, [LR2, "ground.count=40", CLASS]),
     # the drawn people described as the toy world's captions describe people (hair, beard), in turn
-    "ground-varied": (0, ["ground.count=40", VARIED]),
+    "ground-varied": (0, [LR2, "ground.count=40", VARIED]),
     # a constant learning rate (the write-up's schedule), where an average of the weights should matter most
     "others-constant": (40, ["train.schedule=constant", "train.learning_rate=1e-3"]),
     "ground-constant": (0, ["ground.count=40", CLASS, "train.schedule=constant", "train.learning_rate=1e-3"]),
     # the toy preset pushed harder where the sampler decides who is drawn: more steps at high σ, a higher peak
     # rate, a weaker pull of the grounding photos towards the base model
-    "others-shift5": (40, ["train.shift=5"]),
-    "others-lr3e-3": (40, ["train.learning_rate=3e-3"]),
-    "others-weight2": (40, ["train.grounding_weight=2"]),
+    "others-shift5": (40, [LR2, "train.shift=5"]),
+    "others-lr3e-3": (40, ["train.learning_rate=3e-3"]),  # the toy preset from 2026-12-03
+    "others-weight2": (40, [LR2, "train.grounding_weight=2"]),
+    "others-lr4e-3": (40, ["train.learning_rate=4e-3"]),
+    "ground-varied-lr3e-3": (0, ["ground.count=40", VARIED, "train.learning_rate=3e-3"]),
     # two people in one LoRA: Arthur's 40 photos and Grace's 40 (a fifth of them with Arthur), 1200 steps
-    "two-others": (40, [], 2),
-    "two-ground-varied": (0, ["ground.count=40", VARIED], 2),
-    "two-others-2400": (40, ["train.max_steps=2400"], 2),  # twice the steps: Grace's bun is learned slower
+    "two-others": (40, [LR2], 2),
+    "two-ground-varied": (0, [LR2, "ground.count=40", VARIED], 2),
+    "two-others-2400": (40, [LR2, "train.max_steps=2400"], 2),  # twice the steps: Grace's bun is learned slower
+    "two-others-lr3e-3": (40, ["train.learning_rate=3e-3"], 2),
 }
 STEPS_FOR_PEOPLE = {1: STEPS, 2: 1200}  # the same 20 passes over each person's photos as 800 steps for one
 FIELDS = ("likeness", "arthur_elsewhere", "leakage", "agreement", "prompt_following")

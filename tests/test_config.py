@@ -93,7 +93,11 @@ def test_flux1_dev_preset_spells_out_the_seed_table():
     for key in SEED_TABLE:
         assert f"{key.split('.')[-1]}:" in text, key
     cfg = load_config(preset="flux1-dev")
-    assert cfg == Config()
+    # the defaults, and the identity recipe (issue 19): held-out photos, drawn grounding images, EMA
+    identity = load_config(preset="flux1-dev", overrides=["dataset.holdout=0", "ground.count=0", "ground.phrases=[]",
+                                                          "train.grounding_weight=1", "train.ema_decay=0"])
+    assert identity.model_copy(update={"preset": Config().preset}) == Config()
+    assert (cfg.dataset.holdout, cfg.ground.count, cfg.train.ema_decay) == (4, 40, 0.99) and len(cfg.ground.phrases) == 6
 
 
 def test_tiny_preset_values():
@@ -271,8 +275,8 @@ def test_missing_file_names_the_path(tmp_path):
 
 
 def test_empty_file_and_empty_section_mean_defaults(tmp_path):
-    assert load_config(write(tmp_path, "")) == Config()
-    assert load_config(write(tmp_path, "lora:\n  # rank: 8\n")) == Config()
+    assert load_config(write(tmp_path, "")) == load_config(preset="flux1-dev")
+    assert load_config(write(tmp_path, "lora:\n  # rank: 8\n")) == load_config(preset="flux1-dev")
 
 
 @pytest.mark.parametrize("preset", ["flux1-dev", "tiny"])

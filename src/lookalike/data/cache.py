@@ -113,6 +113,7 @@ def check_dataset_size(n_photos: int, cfg, owners: list[int] = ()) -> None:
             f"{n_photos - holdout} training photo(s) (of {n_photos}, {holdout} held out) is fewer than "
             f"train.batch_size = {batch}: add photos, or lower train.batch_size to at most {n_photos - holdout} "
             "(use train.gradient_accumulation to keep the effective batch)"
+            + (", or hold out fewer photos (dataset.holdout)" if holdout else "")
         )
 
 
