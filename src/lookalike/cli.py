@@ -414,7 +414,8 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
-    """Cache, then train the LoRA: checkpoints, previews, a progress GIF, and the exported LoRA files."""
+    """Draw the grounding images still missing (ground.count), cache, then train the LoRA: checkpoints,
+    previews, a progress GIF, and the exported LoRA files."""
     from lookalike.data.cache import build_cache
     from lookalike.train.run import is_child_process, train_stage
 
@@ -422,6 +423,12 @@ def train(
     overrides = list(set_ or []) + ([f"runtime.device={device}"] if device else [])
     cfg, rd = _prepare_run(run, photos, trigger, preset, config, overrides, resume=resume)
     if not is_child_process():
+        if cfg.ground.count:  # the FLUX presets draw 40: only those missing are drawn (lookalike ground)
+            from lookalike.data.ground import ground_stage
+
+            report = ground_stage(cfg, rd)
+            if report.drawn:
+                console.print(f"drew {report.drawn} grounding image(s) with the base model in {report.folder}")
         build_cache(cfg, rd)
     report = train_stage(cfg, rd, resume=resume)
     if report.lora is not None:

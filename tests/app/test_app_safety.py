@@ -162,3 +162,19 @@ def test_help_loads_neither_gradio_nor_torch(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert "app" in result.stdout and "web page" in result.stdout
+
+
+def test_the_estimate_counts_the_grounding_images_train_will_draw(tmp_path):
+    """The FLUX presets draw 40 grounding images before training: the app's estimate line says so."""
+    from helpers import make_photos
+    from lookalike.app.views import estimate_line
+    from lookalike.config import load_config
+    from lookalike.rundir import RunDir
+
+    photos = make_photos(tmp_path / "photos", 4)
+    sets = [f"dataset.photos={photos}", "dataset.class_phrase=a man", "train.epochs=1"]
+    cfg = load_config(None, preset="toy", overrides=[*sets, "ground.count=3"])
+    line = estimate_line(RunDir(tmp_path / "run"), cfg)
+    assert "ground: 3 images of 20 steps" in line and "training steps" in line, line
+    plain = estimate_line(RunDir(tmp_path / "run"), load_config(None, preset="toy", overrides=sets))
+    assert "ground:" not in plain

@@ -228,3 +228,16 @@ def test_out_of_memory_names_the_settings_to_lower():
     for tip in ("train.batch_size=4 with train.gradient_accumulation=2", "train.gradient_checkpointing=true",
                 "dataset.resolution=768", "lora.rank=16"):
         assert tip in text
+
+
+def test_train_draws_the_missing_grounding_images_first(tmp_path):
+    """With ground.count (the FLUX presets set 40), `train` draws what `ground` would, then trains on them too."""
+    photos = make_photos(tmp_path / "photos", 4)
+    args = ["--photos", photos, "--preset", "tiny", "--set", "train.epochs=1", "--set", "train.sample_every=100",
+            "--set", "ground.count=2", "--set", "dataset.class_phrase=a man"]
+    out = run_cli(["train", tmp_path / "run", *args], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "drew 2 grounding image(s)" in out.stderr
+    assert len(list((tmp_path / "run" / "ground").glob("*.png"))) == 2
+    index = json.loads((tmp_path / "run" / "cache" / "index.json").read_text())
+    assert sum(bool(it.get("grounding")) for it in index["items"]) == 2 and len(index["items"]) == 6

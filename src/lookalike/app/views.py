@@ -317,7 +317,19 @@ def estimate_line(rd: RunDir, cfg) -> str:
         import torch
 
         gpu = torch.cuda.get_device_name(runtime.device)
-    return (f"{'resume: ' if resume else ''}{len(selection.used)} photos; "
+    drawing = ""
+    if cfg.ground.count:  # `train` draws the missing grounding images first (the FLUX presets: 40)
+        from lookalike.data.ground import missing, plan
+        from lookalike.estimate import drawing_estimate
+
+        from lookalike.errors import ConfigError
+
+        try:
+            todo = len(missing(rd, plan(cfg, rd)))
+        except ConfigError:  # captions not ready yet: all of them are still to draw
+            todo = cfg.ground.count
+        drawing = f"ground: {drawing_estimate(cfg, todo, runtime.device.type, gpu)}; " if todo else ""
+    return (f"{'resume: ' if resume else ''}{len(selection.used)} photos; {drawing}"
             f"{training_estimate(cfg, steps, runtime.device.type, gpu).line()} on {runtime.device}")
 
 
