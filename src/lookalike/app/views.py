@@ -320,9 +320,8 @@ def estimate_line(rd: RunDir, cfg) -> str:
     drawing = ""
     if cfg.ground.count:  # `train` draws the missing grounding images first (the FLUX presets: 40)
         from lookalike.data.ground import missing, plan
-        from lookalike.estimate import drawing_estimate
-
         from lookalike.errors import ConfigError
+        from lookalike.estimate import drawing_estimate
 
         try:
             todo = len(missing(rd, plan(cfg, rd)))
