@@ -179,3 +179,41 @@ def test_ctrl_c_in_the_pool_starts_nothing_new_and_a_second_one_abandons_what_is
     else:
         assert results == [] and seen.abandoned == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C raises again afterwards
+
+
+class StopAfter(threading.Event):
+    """A stop event that reads unset for its first `n` checks, then set: Ctrl-C landing between two of them."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def is_set(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+@pytest.mark.parametrize("lands", ["before the first try", "before the retry"])
+def test_ctrl_c_between_the_workers_check_and_the_send_counts_only_what_went_out(tmp_path, lands):
+    from lookalike.caption.ask import AskContext, caption_photo, make_client
+    from lookalike.caption.prompt import data_url, jpeg_for_request
+    from lookalike.caption.providers import Redactor, endpoint
+    from lookalike.config import load_config
+
+    colour_photos(tmp_path, 1)
+    first = lands == "before the first try"
+    with VLMServer(Script(identify=identify_colour, plan={"p0": ["500"]})) as server:
+        cfg = load_config(overrides=[f"caption.base_url={server.url}", "caption.provider=custom",
+                                     "caption.model=test-vlm", "caption.retries=1"])
+        ep = endpoint(cfg.caption)
+        stop = StopAfter(1 if first else 2)  # checks: the worker's, then one before each HTTP try
+        ref = data_url(jpeg_for_request(astronaut(), 256, 90)[0])
+        ctx = AskContext(make_client(ep, cfg.caption, "k", stop), ep, cfg.caption, "Arthur", "rules", ref,
+                         Redactor("k"), stop)
+        record = caption_photo(ctx, tmp_path / "p0.png", None)
+    if first:  # nothing went out: nothing to store, nothing counted, and the next run asks this photo
+        assert record is None and ctx.sent == 0 and server.seen == []
+    else:  # the first try went out and got a 500; the SDK's retry did not
+        assert [s.status for s in server.seen] == [500] and ctx.sent == 1
+        assert record.asks == 1 and record.final is False and record.caption is None
+        assert record.flags == ["no caption: the run stopped before the reply came"]

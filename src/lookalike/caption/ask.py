@@ -27,6 +27,10 @@ class EndpointError(LookalikeError):
 class NotSent(Exception):
     """Raised by the HTTP client, before a request (or the SDK's retry of one) goes out after Ctrl-C."""
 
+    def __init__(self, message: str, retry: bool):
+        super().__init__(message)
+        self.retry = retry  # True: the first try went out (and failed); False: nothing went out at all
+
 
 @dataclass
 class AskContext:
@@ -51,7 +55,8 @@ def make_client(ep: Endpoint, cc, key: str, stop: threading.Event):
 
     def refuse_after_stop(request) -> None:  # before every HTTP request, the SDK's own retries included
         if stop.is_set():
-            raise NotSent(f"{request.method} {request.url} not sent: the run is stopping")
+            retry = request.headers.get("x-stainless-retry-count", "0") != "0"  # the SDK numbers its tries
+            raise NotSent(f"{request.method} {request.url} not sent: the run is stopping", retry)
 
     http = openai.DefaultHttpxClient(event_hooks={"request": [refuse_after_stop]})
     return openai.OpenAI(base_url=ep.base_url, api_key=key, timeout=cc.timeout, max_retries=cc.retries,
@@ -82,7 +87,11 @@ def caption_photo(ctx: AskContext, path: Path, key: str | None) -> Record | None
         rec.asks += 1
         try:
             text, usage = _ask(ctx, chat)
-        except NotSent:  # Ctrl-C came while this ask waited for the SDK's retry: the retry is not sent
+        except NotSent as e:  # Ctrl-C came before this ask, or the SDK's retry of it, went out
+            if not e.retry:  # nothing went out: the ask is not counted, and a photo never asked gets no record
+                rec.asks -= 1
+                with ctx.lock:
+                    ctx.sent -= 1
             break
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
             ctx.stop.set()  # no other worker should pay for the same answer
