@@ -34,6 +34,9 @@ LR2 = "train.learning_rate=2e-3"
 # name -> (scenes of other people as dataset.grounding, settings on top of the toy preset[, people learned])
 VARIED = ("ground.phrases=['a man with brown hair', 'a woman with red hair', 'a man with black hair and a beard', "
           "'a woman with blonde hair', 'a man with grey hair']")
+# every hair colour the toy world's people wear (scenes.HAIR), on a man and on a woman
+VARIED10 = "ground.phrases=" + repr([f"a {who} with {hair} hair" for hair in ("black", "brown", "blonde", "red", "grey")
+                                     for who in ("man", "woman")])
 RECIPES = {
     "none": (0, [LR2]),
     "others": (40, [LR2]),  # the toy preset until 2026-12-03: 40 captioned scenes of others, target base, weight 4
@@ -58,11 +61,14 @@ RECIPES = {
     "others-weight2": (40, [LR2, "train.grounding_weight=2"]),
     "others-lr4e-3": (40, ["train.learning_rate=4e-3"]),
     "ground-varied-lr3e-3": (0, ["ground.count=40", VARIED, "train.learning_rate=3e-3"]),
+    "ground-varied10-lr3e-3": (0, ["ground.count=40", VARIED10, "train.learning_rate=3e-3"]),
     # two people in one LoRA: Arthur's 40 photos and Grace's 40 (a fifth of them with Arthur), 1200 steps
     "two-others": (40, [LR2], 2),
     "two-ground-varied": (0, [LR2, "ground.count=40", VARIED], 2),
     "two-others-2400": (40, [LR2, "train.max_steps=2400"], 2),  # twice the steps: Grace's bun is learned slower
     "two-others-lr3e-3": (40, ["train.learning_rate=3e-3"], 2),
+    # a LoRA on every linear layer (the MLPs draw shapes; Grace's bun is a shape the base never drew)
+    "two-others-all-linear": (40, ["lora.targets=all-linear"], 2),
 }
 STEPS_FOR_PEOPLE = {1: STEPS, 2: 1200}  # the same 20 passes over each person's photos as 800 steps for one
 FIELDS = ("likeness", "arthur_elsewhere", "leakage", "agreement", "prompt_following")

@@ -288,10 +288,68 @@ def test_fit_plans_captions_for_every_persons_folder(tmp_path):
     [(view, sub, est)] = todo
     assert (view.dataset.trigger, view.dataset.people[0].trigger, est["requests"]) == ("Grace", "Arthur", 3)
     assert sub.root == rd.root / "people" / "Grace"
-    selection = pipeline._ingest(cfg, rd, lambda _: None)
-    assert pipeline._train_plan(cfg, rd, selection, todo) == (7, False)  # 4 of Arthur, 3 of Grace, batch 1
+    pipeline._ingest(cfg, rd, lambda _: None)
+    assert pipeline._train_plan(cfg, rd) == (7, False)  # 4 of Arthur, 3 of Grace, batch 1
     with pytest.raises(ConfigError, match=r"dataset.people\[0\].reference is not set.*has 3 photo\(s\) without a caption"):
         pipeline._caption_plan(load_config(None, preset="tiny", overrides=[
             f"dataset.photos={tmp_path / 'arthur'}", people.replace(f", reference: '{tmp_path / 'grace.jpg'}'", "")]),
             rd, opts, said.append)
     assert not list((tmp_path / "grace").glob("*.txt"))
+
+
+def test_the_doctor_checks_every_persons_folder_and_each_trains_its_own_selection(tmp_path):
+    """With dataset.people, fit's doctor checks each other person's folder too (record in RUN/people/<trigger>/),
+    and cache, ground and the step count use each person's own selection and photos.yaml."""
+    import shutil
+
+    from lookalike import pipeline
+    from lookalike.config import load_config
+    from lookalike.data.selection import everyones_photos, write_lists
+    from lookalike.rundir import RunDir
+
+    make_photos(tmp_path / "arthur", n=4)
+    grace = make_photos(tmp_path / "grace", n=3, trigger="Grace")
+    shutil.copy(grace / "IMG_0001.png", grace / "IMG_0001 copy.png")  # the same file twice: a phone's copy
+    shutil.copy(grace / "IMG_0001.txt", grace / "IMG_0001 copy.txt")
+    cfg = load_config(None, preset="tiny", overrides=[
+        f"dataset.photos={tmp_path / 'arthur'}", f"dataset.people=[{{trigger: Grace, photos: '{grace}'}}]",
+        "dataset.resolution=64", "train.epochs=1", "train.batch_size=1"])
+    rd, said = RunDir(tmp_path / "run"), []
+    pipeline._ingest(cfg, rd, said.append)
+
+    record = json.loads((rd.root / "people" / "Grace" / "ingest" / "doctor.json").read_text())
+    assert sorted(p["file"] for p in record["photos"]) == ["IMG_0000.png", "IMG_0001 copy.png", "IMG_0001.png",
+                                                         "IMG_0002.png"]
+    assert len(json.loads(rd.doctor_record.read_text())["photos"]) == 4  # Arthur's record holds only his
+    assert next(line for line in said if line.startswith("ingest of Grace:")).startswith("ingest of Grace: 4 files")
+    line = next(line for line in said if line.startswith("photos of Grace:"))
+    assert "using 3 of 4 photo files" in line and "IMG_0001 copy.png (duplicate" in line
+    assert str(rd.root / "people" / "Grace" / "photos.yaml") in line
+
+    def graces():
+        return sorted(p.path.name for k, p in everyones_photos(cfg, rd) if k == 1)
+
+    assert graces() == ["IMG_0000.png", "IMG_0001.png", "IMG_0002.png"]
+    assert pipeline._train_plan(cfg, rd) == (7, False)  # 4 of Arthur, 3 of Grace, batch 1
+    write_lists(rd.person("Grace"), [], ["IMG_0000.png"])  # her own photos.yaml
+    assert graces() == ["IMG_0001.png", "IMG_0002.png"]
+    assert pipeline._train_plan(cfg, rd) == (6, False)
+    said.clear()
+    pipeline._ingest(cfg, rd, said.append)  # nothing changed: nothing is checked again
+    assert "ingest: up to date (the photos of Grace have not changed since the doctor checked them)" in said
+
+
+def test_ingest_person_checks_that_persons_folder(tmp_path):
+    make_photos(tmp_path / "arthur", n=3)
+    make_photos(tmp_path / "grace", n=3, trigger="Grace")
+    run = tmp_path / "run"
+    people = f"dataset.people=[{{trigger: Grace, photos: '{tmp_path / 'grace'}'}}]"
+    done = run_cli(["ingest", tmp_path / "arthur", "--run", run, "--preset", "tiny", "--set", people,
+                    "--person", "grace"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((run / "people" / "Grace" / "ingest" / "doctor.json").read_text())
+    assert record["folder"] == str(tmp_path / "grace") and len(record["photos"]) == 3
+    assert not (run / "ingest").exists()  # Arthur's folder was not checked
+    wrong = run_cli(["ingest", tmp_path / "arthur", "--run", run, "--person", "Bob"], cwd=tmp_path)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert "--person Bob: no one in this run is called that; the run's people: Arthur, Grace" in wrong.stderr

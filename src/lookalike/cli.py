@@ -214,6 +214,9 @@ def ingest(
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    person: Optional[str] = typer.Option(
+        None, "--person", help="Check another person's folder (one of dataset.people, by trigger) instead; the "
+        "record and their photos.yaml go to RUN/people/<trigger>/."),
 ) -> None:
     """Check every photo: readable and upright, duplicates, blur, size, faces, and whether the person is in it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -225,6 +228,13 @@ def ingest(
     run = run if run is not None else Path("runs") / folder.resolve().name
     overrides = list(set_ or []) + ([f"caption.reference={reference}"] if reference else [])
     cfg, rd = _prepare_run(run, folder, trigger, preset, config, overrides, training=False)
+    if person is not None:  # another person's folder: their record goes to RUN/people/<trigger>/
+        from lookalike.data.selection import person_index, person_runs
+
+        view, sub = person_runs(cfg, rd)[person_index(cfg, person)]
+        folder = check_folder(view.dataset.photos)
+        rd.save_config()  # the run's own settings (its people), as any stage writes them with its first file
+        cfg, rd = view, sub
     with Progress(TextColumn("checking photos"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
         task = bar.add_task("ingest", total=len(candidate_files(folder)))
         report, path = ingest_stage(cfg, rd, on_photo=lambda _: bar.advance(task))
@@ -262,7 +272,8 @@ def caption(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from lookalike.caption.agent import caption_stage, person_index, person_view
+    from lookalike.caption.agent import caption_stage, person_view
+    from lookalike.data.selection import person_index
 
     overrides = list(set_ or [])
     for key, value in (("reference", reference), ("provider", provider), ("model", model), ("base_url", base_url),

@@ -57,7 +57,7 @@ def _fit(cfg, rd: RunDir, opts: FitOptions, again: str, say) -> FitResult:
     selection = _ingest(cfg, rd, say)
     captions = _caption_plan(cfg, rd, opts, say)
     drawing = _ground_plan(cfg, rd, captions)
-    steps, resume = _train_plan(cfg, rd, selection, captions)
+    steps, resume = _train_plan(cfg, rd)
     no_eval = _eval_plan(cfg, rd, selection)
     if no_eval:
         say(f"eval: cannot measure likeness ({no_eval}); fit will train and export the LoRA without a report")
@@ -79,25 +79,33 @@ def _fit(cfg, rd: RunDir, opts: FitOptions, again: str, say) -> FitResult:
 
 
 def _ingest(cfg, rd: RunDir, say):
-    from lookalike.data.selection import current_selection
+    """The doctor over every person's folder that changed since it last looked; the main person's selection."""
+    from lookalike.data.selection import current_selection, person_runs
     from lookalike.ingest.stage import ingest_stage, is_current
 
-    if is_current(cfg, rd):
-        say("ingest: up to date (the photos have not changed since the doctor checked them)")
-    else:
-        report, _ = ingest_stage(cfg, rd)
+    for k, (view, sub) in enumerate(person_runs(cfg, rd)):
+        whose = "" if k == 0 else f" of {view.dataset.trigger}"
+        if is_current(view, sub):
+            say(f"ingest: up to date (the photos{whose} have not changed since the doctor checked them)")
+            continue
+        report, _ = ingest_stage(view, sub)
         s = report.summary()
-        say(f"ingest: {s['files']} files, {s['usable']} readable; the person ({s['person_from']}) found in "
+        table = f"lookalike ingest {cfg.dataset.photos} --run {rd.root}" + (f" --person {view.dataset.trigger}" if k else "")
+        say(f"ingest{whose}: {s['files']} files, {s['usable']} readable; the person ({s['person_from']}) found in "
             f"{s['person_found']}" + ("" if report.faces_checked else "; faces found in too few photos to "
-                                      "decide by face") + f" (table: lookalike ingest {cfg.dataset.photos} --run {rd.root})")
-    selection = current_selection(cfg, rd, refresh=False)
-    say(f"photos: {selection.line(rd)}")
+                                      "decide by face") + f" (table: {table})")
     logging.getLogger("lookalike.data.selection").setLevel(logging.WARNING)  # said once here, not per stage (fit
     # restores the level when it ends)
-    if not selection.used:
-        raise ConfigError(f"no photo of {cfg.dataset.photos} can train (reasons above); add photos of the person, "
-                          f"or bring some back with `include:` in {rd.selection_path}")
-    return selection
+    selections = []
+    for k, (view, sub) in enumerate(person_runs(cfg, rd)):
+        selection = current_selection(view, sub, refresh=False, setting=cfg.dataset.setting(k, "photos"))
+        say(f"photos{'' if k == 0 else ' of ' + view.dataset.trigger}: {selection.line(sub)}")
+        if not selection.used:
+            raise ConfigError(f"no photo of {cfg.dataset.setting(k, 'photos')} = {view.dataset.photos} can train "
+                              f"(reasons above); add photos of {view.dataset.trigger}, or bring some back with "
+                              f"`include:` in {sub.selection_path}")
+        selections.append(selection)
+    return selections[0]
 
 
 def _caption_plan(cfg, rd: RunDir, opts: FitOptions, say) -> list[tuple]:
@@ -142,19 +150,17 @@ def _ground(cfg, rd: RunDir, drawing: int, say) -> None:
     say(f"ground: {report.images} grounding images ({report.drawn} drawn, {report.reused} kept) in {report.folder}")
 
 
-def _train_plan(cfg, rd: RunDir, selection, captions: list = ()) -> tuple[int, bool]:
-    """(steps still to train, resume?) from the run's state and the recipe (`captions`: `_caption_plan`'s)."""
-    from lookalike.caption.agent import photo_files
+def _train_plan(cfg, rd: RunDir) -> tuple[int, bool]:
+    """(steps still to train, resume?) from the run's state and the recipe: every person's selected photos
+    (captioned or still to caption), the grounding photos and the images still to draw."""
     from lookalike.data.buckets import training_size
     from lookalike.data.loader import make_plan
-    from lookalike.data.photos import find_grounding, find_photos
+    from lookalike.data.photos import find_grounding
+    from lookalike.data.selection import current_selection, person_runs
     from lookalike.ingest.decode import PhotoRejected, usable_size
     from lookalike.ingest.stage import read_record
 
-    sizes = {p["file"]: tuple(p["training_size"]) for p in (read_record(rd) or {}).get("photos", [])
-             if p.get("training_size")}
     square = (cfg.dataset.resolution, cfg.dataset.resolution)
-    shapes = [sizes.get(name, square) for name in selection.used]
 
     def shape(path) -> tuple[int, int]:
         try:
@@ -162,14 +168,14 @@ def _train_plan(cfg, rd: RunDir, selection, captions: list = ()) -> tuple[int, b
         except PhotoRejected:
             return square  # the cache stage names it
 
+    shapes = []
+    for k, (view, sub) in enumerate(person_runs(cfg, rd)):  # each person's own selection and doctor's record
+        measured = {p["file"]: tuple(p["training_size"]) for p in (read_record(sub) or {}).get("photos", [])
+                    if p.get("training_size")}
+        folder = Path(view.dataset.photos).expanduser()
+        used = current_selection(view, sub, refresh=False, setting=cfg.dataset.setting(k, "photos")).used
+        shapes += [measured[name] if name in measured else shape(folder / name) for name in used]
     people = cfg.dataset.everyone()
-    to_caption = {view.dataset.trigger: (view, sub) for view, sub, _ in captions}
-    for k, person in enumerate(people[1:], 1):  # more people's folders (dataset.people), all of each
-        if person.trigger in to_caption:  # captions still to buy: the photos the caption stage will send
-            shapes += map(shape, photo_files(*to_caption[person.trigger]))
-        else:
-            shapes += (shape(p.path) for p in find_photos(person.photos, person.trigger, cfg.dataset.missing_trigger,
-                                                          setting=cfg.dataset.setting(k, "photos")))
     shapes += (shape(p.path) for p in find_grounding(cfg.dataset.grounding, [person.trigger for person in people]))
     shapes += [square] * cfg.ground.count  # drawn at the training resolution
     held = cfg.dataset.holdout * len(people)

@@ -189,6 +189,11 @@ class RunDir:
         """The user's include / exclude lists of photo names (see lookalike.data.selection)."""
         return self.root / "photos.yaml"
 
+    def person(self, trigger: str) -> RunDir:
+        """The folder of another person's records (one of dataset.people): RUN/people/<trigger>/, with their
+        doctor's record, photos.yaml and captions, laid out as in a run of their own."""
+        return RunDir(self.root / "people" / trigger)
+
     @property
     def doctor_record(self) -> Path:
         return self.root / "ingest" / "doctor.json"

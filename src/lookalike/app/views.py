@@ -308,7 +308,7 @@ def estimate_line(rd: RunDir, cfg) -> str:
     from lookalike.runtime import training_runtime
 
     selection = current_selection(cfg, rd, refresh=False)
-    steps, resume = _train_plan(cfg, rd, selection)
+    steps, resume = _train_plan(cfg, rd)
     if not steps:
         return "trained to the end of this recipe: nothing to do (raise the steps or epochs to go on)"
     runtime = training_runtime(cfg)

@@ -204,25 +204,15 @@ def person_view(cfg, rd: RunDir, k: int):
     carries every person's reference, theirs first; the records and review page go to RUN/people/<trigger>/.
     Every reference must be set: theirs is sent with each request, the others' beside it.
     """
-    from lookalike.config.schema import PersonConfig
-
     if k == 0:
         return cfg, rd
-    person = cfg.dataset.people[k - 1]
     main, problem = _reference(cfg, rd)
     if problem is not None:
         raise problem
     _, problem = _other_references(cfg)
     if problem is not None:
         raise problem
-    me = PersonConfig.model_construct(trigger=cfg.dataset.trigger, photos=cfg.dataset.photos,
-                                      class_phrase=cfg.dataset.class_phrase, reference=str(main))
-    others = [me, *(p for i, p in enumerate(cfg.dataset.people) if i != k - 1)]
-    dataset = cfg.dataset.model_copy(update={"trigger": person.trigger, "photos": person.photos,
-                                             "class_phrase": person.class_phrase, "people": others})
-    view = cfg.model_copy(update={"dataset": dataset,
-                                  "caption": cfg.caption.model_copy(update={"reference": person.reference})})
-    return view, RunDir(rd.root / "people" / person.trigger)
+    return cfg.as_person(k, str(main)), rd.person(cfg.dataset.people[k - 1].trigger)
 
 
 def people_views(cfg, rd: RunDir) -> list:
@@ -242,16 +232,6 @@ def people_views(cfg, rd: RunDir) -> list:
                 raise ConfigError(f"{missing} ({cfg.dataset.setting(k, 'photos')} has {len(bare)} photo(s) without a "
                                   f"caption to ask for, e.g. {bare[0]})") from None
         return []
-
-
-def person_index(cfg, trigger: str) -> int:
-    """Which person of `dataset.everyone()` a trigger word names (case-insensitive), or a ConfigError listing them."""
-    words = [p.trigger for p in cfg.dataset.everyone()]
-    for k, word in enumerate(words):
-        if word.lower() == trigger.lower():
-            return k
-    raise ConfigError(f"--person {trigger}: no one in this run is called that; the run's people: {', '.join(words)} "
-                      "(dataset.trigger, then dataset.people)")
 
 
 def _reference(cfg, rd: RunDir) -> tuple[Path | None, ConfigError | None]:

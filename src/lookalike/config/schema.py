@@ -468,3 +468,20 @@ class Config(_Section):
     caption: CaptionConfig = Field(default_factory=CaptionConfig, description="the captioning model and its rules")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="the evaluation suite and the recommendation's bounds")
 
+
+    def as_person(self, k: int, main_reference: str | None = None) -> "Config":
+        """This config seen from person k of `dataset.everyone()` (k = 0: itself): their trigger, photos, class
+        phrase and reference become dataset.* and caption.reference, and everyone else dataset.people, the main
+        person with `main_reference` (default caption.reference). How the dataset doctor and the caption stage
+        see another person's folder (their records go to `RunDir.person`)."""
+        if k == 0:
+            return self
+        person = self.dataset.people[k - 1]
+        me = PersonConfig.model_construct(trigger=self.dataset.trigger, photos=self.dataset.photos,
+                                          class_phrase=self.dataset.class_phrase,
+                                          reference=main_reference if main_reference is not None else self.caption.reference)
+        others = [me, *(p for i, p in enumerate(self.dataset.people) if i != k - 1)]
+        dataset = self.dataset.model_copy(update={"trigger": person.trigger, "photos": person.photos,
+                                                  "class_phrase": person.class_phrase, "people": others})
+        return self.model_copy(update={"dataset": dataset,
+                                       "caption": self.caption.model_copy(update={"reference": person.reference})})

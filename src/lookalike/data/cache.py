@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lookalike.data.buckets import fit, training_size
-from lookalike.data.photos import LEAVE_OUT, Photo, find_everyones_photos, find_grounding, load_rgb
+from lookalike.data.photos import LEAVE_OUT, Photo, find_grounding, load_rgb
 from lookalike.errors import ConfigError
 from lookalike.rundir import RunDir, write_json_atomic
 
@@ -210,13 +210,11 @@ def build_cache(cfg, run: RunDir) -> CacheReport:
     from lookalike.models.source import model_and_family, source_identity
     from lookalike.runtime import training_runtime
 
-    from lookalike.data.selection import current_selection, leave_out_hint
+    from lookalike.data.selection import everyones_photos, leave_out_hint
     from lookalike.rundir import ensure_writable
 
-    selection = current_selection(cfg, run)
-    selection.announce(run, "cache")
     hint = leave_out_hint(run)
-    owned = find_everyones_photos(cfg.dataset, selection.used, hint)
+    owned = everyones_photos(cfg, run, stage="cache")
     photos, owners = [p for _, p in owned], [k for k, _ in owned]
     from lookalike.data.ground import ground_photos
 

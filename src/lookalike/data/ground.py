@@ -106,8 +106,7 @@ def draw_settings(cfg):
 def plan(cfg, rd: RunDir, runtime=None) -> list[Planned]:
     """The images this run's config asks for, from the photos that train now (lookalike.data.selection);
     `runtime` (device and dtype) decided from the config when not given."""
-    from lookalike.data.photos import find_everyones_photos
-    from lookalike.data.selection import current_selection, leave_out_hint
+    from lookalike.data.selection import everyones_photos
     from lookalike.models.source import model_and_family, source_identity
     from lookalike.runtime import decide_runtime
 
@@ -115,8 +114,7 @@ def plan(cfg, rd: RunDir, runtime=None) -> list[Planned]:
     if not count:
         return []
     phrases = phrases_of(cfg)
-    selection = current_selection(cfg, rd, refresh=False)
-    photos = [p for _, p in find_everyones_photos(cfg.dataset, selection.used, leave_out_hint(rd))]
+    photos = [p for _, p in everyones_photos(cfg, rd, refresh=False)]
     source, _ = model_and_family(cfg)
     runtime = runtime or decide_runtime(cfg.runtime.device, cfg.runtime.dtype)
     model, dtype, settings = source_identity(source), str(runtime.dtype).removeprefix("torch."), draw_settings(cfg)

@@ -81,18 +81,6 @@ def find_photos(folder: str | Path | None, trigger: str, missing_trigger: str = 
     return photos
 
 
-def find_everyones_photos(dataset, names: list[str] | None = None, leave_out: str = LEAVE_OUT) -> list[tuple[int, Photo]]:
-    """(person, photo) for the photos of every person the LoRA learns (`dataset.everyone()`: 0 is the main
-    person, whose photos `names` selects; then dataset.people, all of each folder), each folder checked
-    like `find_photos` against its own person's trigger."""
-    out = []
-    for k, person in enumerate(dataset.everyone()):
-        found = find_photos(person.photos, person.trigger, dataset.missing_trigger, names if k == 0 else None,
-                            leave_out, dataset.setting(k, "photos"))
-        out += [(k, p) for p in found]
-    return out
-
-
 def find_grounding(folder: str | Path | None, triggers: str | list[str]) -> list[Photo]:
     """The grounding photos (other people, captioned without any person's trigger), or [] when none are set.
 

@@ -133,16 +133,17 @@ def all_images(folder: Path, exclude: list[str]) -> Selection:
                      doctor=False)
 
 
-def current_selection(cfg, rd: RunDir, refresh: bool = True) -> Selection:
+def current_selection(cfg, rd: RunDir, refresh: bool = True, setting: str = "dataset.photos") -> Selection:
     """The photos that train now. With a doctor's record that the photo folder has outgrown (files added,
-    changed or removed since), the doctor runs again first when `refresh` (about a second per photo)."""
+    changed or removed since), the doctor runs again first when `refresh` (about a second per photo).
+    `setting`: the folder's config key, for the messages (another person's: `person_runs`)."""
     from lookalike.ingest.stage import ingest_stage, is_current, read_record
 
     if cfg.dataset.photos is None:
-        raise ConfigError("dataset.photos is not set: give the folder of photos, e.g. --photos ~/photos/arthur")
+        raise ConfigError(f"{setting} is not set: give the folder of photos, e.g. --photos ~/photos/arthur")
     folder = Path(cfg.dataset.photos).expanduser()
     if not folder.is_dir():
-        raise ConfigError(f"dataset.photos = {str(folder)!r} is not a folder; give the folder of the person's photos")
+        raise ConfigError(f"{setting} = {str(folder)!r} is not a folder; give the folder of the person's photos")
     include, exclude = read_lists(rd)
     record = read_record(rd)
     if record is not None and record.get("folder") != str(folder):
@@ -154,6 +155,42 @@ def current_selection(cfg, rd: RunDir, refresh: bool = True) -> Selection:
     if record is None:
         return all_images(folder, exclude)
     return choose(record, include, exclude)
+
+
+def person_runs(cfg, rd: RunDir) -> list[tuple[object, RunDir]]:
+    """(config, run folder) of each person of `dataset.everyone()`: the run itself for the main person; for
+    each of dataset.people the config seen from them (`Config.as_person`) and RUN/people/<trigger>/, which
+    holds their doctor's record and their own photos.yaml, so each folder is selected like the main one."""
+    return [(cfg.as_person(k), rd.person(person.trigger) if k else rd)
+            for k, person in enumerate(cfg.dataset.everyone())]
+
+
+def person_index(cfg, trigger: str) -> int:
+    """Which person of `dataset.everyone()` a trigger word names (case-insensitive), or a ConfigError listing them."""
+    words = [p.trigger for p in cfg.dataset.everyone()]
+    for k, word in enumerate(words):
+        if word.lower() == trigger.lower():
+            return k
+    raise ConfigError(f"--person {trigger}: no one in this run is called that; the run's people: {', '.join(words)} "
+                      "(dataset.trigger, then dataset.people)")
+
+
+def everyones_photos(cfg, rd: RunDir, refresh: bool = True, stage: str | None = None) -> list[tuple[int, "Photo"]]:  # noqa: F821
+    """(person, photo) of every photo that trains, person by person (`dataset.everyone()` index): each
+    folder's own selection (its doctor's record when `lookalike ingest` checked it, and its photos.yaml),
+    each checked like `find_photos` against its own person's trigger. `stage`: announce each selection."""
+    from lookalike.data.photos import find_photos
+
+    out = []
+    for k, (view, sub) in enumerate(person_runs(cfg, rd)):
+        setting = cfg.dataset.setting(k, "photos")
+        selection = current_selection(view, sub, refresh, setting)
+        if stage:
+            selection.announce(sub, stage if k == 0 else f"{stage}, {view.dataset.trigger}'s photos")
+        found = find_photos(view.dataset.photos, view.dataset.trigger, cfg.dataset.missing_trigger, selection.used,
+                            leave_out_hint(sub), setting)
+        out += [(k, p) for p in found]
+    return out
 
 
 def leave_out_hint(rd: RunDir) -> str:
