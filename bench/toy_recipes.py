@@ -7,7 +7,8 @@ Each run is the demo's path (Arthur's 40 photos, the `toy` preset, 800 optimiser
 `--seed` = runtime.seed), with one recipe's settings, and `train.ema_decay` on so that one run gives both
 the raw final weights and their moving average. Both are drawn on the demo's suite (10 prompts without
 Arthur, 10 with him, seeds 0-3) beside the base model, and read by the toy scorer. `--curve` also draws
-the trigger prompts for every 100-step snapshot (the average) to find the first step with likeness >= 0.8.
+the trigger prompts (with Grace, hers too: the lower likeness of the two) for every 100-step snapshot (the
+average) to find the first step with likeness >= 0.8.
 One JSON line per run is appended to `--out`; `table` prints the Markdown table of all lines, the mean
 and the range over training seeds per recipe and weights. The `two-*` recipes teach Grace too (her 40
 photos as dataset.people, 1200 steps) and are drawn on the suite with her prompts: `table --people 2`.
@@ -62,6 +63,7 @@ RECIPES = {
     "others-lr4e-3": (40, ["train.learning_rate=4e-3"]),
     "ground-varied-lr3e-3": (0, ["ground.count=40", VARIED, "train.learning_rate=3e-3"]),
     "ground-varied10-lr3e-3": (0, ["ground.count=40", VARIED10, "train.learning_rate=3e-3"]),
+    "others-all-linear": (40, ["lora.targets=all-linear"]),  # the toy preset with a LoRA on every linear layer
     # two people in one LoRA: Arthur's 40 photos and Grace's 40 (a fifth of them with Arthur), 1200 steps
     "two-others": (40, [LR2], 2),
     "two-ground-varied": (0, [LR2, "ground.count=40", VARIED], 2),
@@ -69,6 +71,9 @@ RECIPES = {
     "two-others-lr3e-3": (40, ["train.learning_rate=3e-3"], 2),
     # a LoRA on every linear layer (the MLPs draw shapes; Grace's bun is a shape the base never drew)
     "two-others-all-linear": (40, ["lora.targets=all-linear"], 2),
+    "two-others-all-linear-2400": (40, ["lora.targets=all-linear", "train.max_steps=2400"], 2),
+    # as many scenes of others as one person's preset has per photo of the person (40 each): 80 for two
+    "two-others80-all-linear-2400": (80, ["lora.targets=all-linear", "train.max_steps=2400"], 2),
 }
 STEPS_FOR_PEOPLE = {1: STEPS, 2: 1200}  # the same 20 passes over each person's photos as 800 steps for one
 FIELDS = ("likeness", "arthur_elsewhere", "leakage", "agreement", "prompt_following")
@@ -149,7 +154,8 @@ def run(recipe: str, seed: int, curve: bool, out: Path, keep: Path | None) -> di
 
 
 def _curve(cfg, rd, suite, scorer, runtime, settings) -> list:
-    """(step, likeness) of every snapshot (the moving average), trigger prompts only."""
+    """(step, likeness) of every snapshot (the moving average), on the prompts naming one learned person
+    each; with Grace, the lower of Arthur's likeness and hers."""
     from lookalike.config import LoraSpec
     from lookalike.evaluate.run import draw
     from lookalike.evaluate.suite import EvalSuite
@@ -157,12 +163,14 @@ def _curve(cfg, rd, suite, scorer, runtime, settings) -> list:
     from lookalike.models.source import model_source
     from lookalike.toy.metrics import likeness
 
-    texts = tuple(p.text for p in suite.trigger)
+    groups = [("trigger", "arthur", suite.trigger)] + ([("second", "grace", suite.second)] if suite.second else [])
+    texts = tuple(p.text for _, _, prompts in groups for p in prompts)
     points = []
     for path in sorted(rd.checkpoints_dir.glob("step-*.safetensors")):
         ready = prepare_pipeline(model_source(cfg.model), runtime, texts, settings, loras=[LoraSpec(path=str(path))])
-        d = draw(ready, EvalSuite((("trigger", texts),), tuple(suite.seeds)), scorer, None)
-        points.append((int(path.stem.split("-")[1]), likeness(d.readings["trigger"])))
+        eval_suite = EvalSuite(tuple((g, tuple(p.text for p in prompts)) for g, _, prompts in groups), tuple(suite.seeds))
+        d = draw(ready, eval_suite, scorer, None)
+        points.append((int(path.stem.split("-")[1]), min(likeness(d.readings[g], who) for g, who, _ in groups)))
     return points
 
 

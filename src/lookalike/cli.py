@@ -484,7 +484,8 @@ def demo(
     folder = run if run is not None else RunDir("runs").new_stage_folder("demo")
     if (folder / "train" / "resume").exists():
         raise LookalikeError(f"{folder} already holds a demo run; give a new folder (nothing was deleted)")
-    console.print(f"toy world demo in {folder}: Arthur's photos, LoRA training on the toy FLUX, then the metrics")
+    whose = "Arthur's photos" if people == 1 else "Arthur's and Grace's photos"
+    console.print(f"toy world demo in {folder}: {whose}, LoRA training on the toy FLUX, then the metrics")
     result = run_demo(folder, list(set_ or []), suite_size=(10, 10, seeds), others=others, people=people)
     console.print(result["table"], markup=False, highlight=False, soft_wrap=True)
     console.print(f"training {result['train_seconds']:.0f} s ({result['steps']} steps), sampling "
