@@ -74,6 +74,9 @@ RECIPES = {
     "two-others-all-linear-2400": (40, ["lora.targets=all-linear", "train.max_steps=2400"], 2),
     # as many scenes of others as one person's preset has per photo of the person (40 each): 80 for two
     "two-others80-all-linear-2400": (80, ["lora.targets=all-linear", "train.max_steps=2400"], 2),
+    "two-others80-all-linear-3600": (80, ["lora.targets=all-linear", "train.max_steps=3600"], 2),
+    "two-others80-all-linear-lr4e-3": (80, ["lora.targets=all-linear", "train.max_steps=2400",
+                                            "train.learning_rate=4e-3"], 2),
 }
 STEPS_FOR_PEOPLE = {1: STEPS, 2: 1200}  # the same 20 passes over each person's photos as 800 steps for one
 FIELDS = ("likeness", "arthur_elsewhere", "leakage", "agreement", "prompt_following")

@@ -80,7 +80,7 @@ def _fit(cfg, rd: RunDir, opts: FitOptions, again: str, say) -> FitResult:
 
 def _ingest(cfg, rd: RunDir, say):
     """The doctor over every person's folder that changed since it last looked; the main person's selection."""
-    from lookalike.data.selection import current_selection, person_runs
+    from lookalike.data.selection import person_runs, person_selections
     from lookalike.ingest.stage import ingest_stage, is_current
 
     for k, (view, sub) in enumerate(person_runs(cfg, rd)):
@@ -96,16 +96,14 @@ def _ingest(cfg, rd: RunDir, say):
                                       "decide by face") + f" (table: {table})")
     logging.getLogger("lookalike.data.selection").setLevel(logging.WARNING)  # said once here, not per stage (fit
     # restores the level when it ends)
-    selections = []
-    for k, (view, sub) in enumerate(person_runs(cfg, rd)):
-        selection = current_selection(view, sub, refresh=False, setting=cfg.dataset.setting(k, "photos"))
+    selections = person_selections(cfg, rd, refresh=False)
+    for k, (view, sub, selection) in enumerate(selections):
         say(f"photos{'' if k == 0 else ' of ' + view.dataset.trigger}: {selection.line(sub)}")
         if not selection.used:
             raise ConfigError(f"no photo of {cfg.dataset.setting(k, 'photos')} = {view.dataset.photos} can train "
                               f"(reasons above); add photos of {view.dataset.trigger}, or bring some back with "
                               f"`include:` in {sub.selection_path}")
-        selections.append(selection)
-    return selections[0]
+    return selections[0][2]
 
 
 def _caption_plan(cfg, rd: RunDir, opts: FitOptions, say) -> list[tuple]:
@@ -156,7 +154,7 @@ def _train_plan(cfg, rd: RunDir) -> tuple[int, bool]:
     from lookalike.data.buckets import training_size
     from lookalike.data.loader import make_plan
     from lookalike.data.photos import find_grounding
-    from lookalike.data.selection import current_selection, person_runs
+    from lookalike.data.selection import person_selections
     from lookalike.ingest.decode import PhotoRejected, usable_size
     from lookalike.ingest.stage import read_record
 
@@ -169,12 +167,11 @@ def _train_plan(cfg, rd: RunDir) -> tuple[int, bool]:
             return square  # the cache stage names it
 
     shapes = []
-    for k, (view, sub) in enumerate(person_runs(cfg, rd)):  # each person's own selection and doctor's record
+    for view, sub, selection in person_selections(cfg, rd, refresh=False):  # each person's own doctor's record
         measured = {p["file"]: tuple(p["training_size"]) for p in (read_record(sub) or {}).get("photos", [])
                     if p.get("training_size")}
         folder = Path(view.dataset.photos).expanduser()
-        used = current_selection(view, sub, refresh=False, setting=cfg.dataset.setting(k, "photos")).used
-        shapes += [measured[name] if name in measured else shape(folder / name) for name in used]
+        shapes += [measured[name] if name in measured else shape(folder / name) for name in selection.used]
     people = cfg.dataset.everyone()
     shapes += (shape(p.path) for p in find_grounding(cfg.dataset.grounding, [person.trigger for person in people]))
     shapes += [square] * cfg.ground.count  # drawn at the training resolution

@@ -302,12 +302,12 @@ def presets() -> list[str]:
 
 def estimate_line(rd: RunDir, cfg) -> str:
     """The CLI's own plan and estimate for `cfg` on this run: steps, time and GPU memory."""
-    from lookalike.data.selection import current_selection
+    from lookalike.data.selection import person_selections
     from lookalike.estimate import training_estimate
     from lookalike.pipeline import _train_plan
     from lookalike.runtime import training_runtime
 
-    selection = current_selection(cfg, rd, refresh=False)
+    photos = sum(len(selection.used) for _, _, selection in person_selections(cfg, rd, refresh=False))
     steps, resume = _train_plan(cfg, rd)
     if not steps:
         return "trained to the end of this recipe: nothing to do (raise the steps or epochs to go on)"
@@ -328,7 +328,7 @@ def estimate_line(rd: RunDir, cfg) -> str:
         except ConfigError:  # captions not ready yet: all of them are still to draw
             todo = cfg.ground.count
         drawing = f"ground: {drawing_estimate(cfg, todo, runtime.device.type, gpu)}; " if todo else ""
-    return (f"{'resume: ' if resume else ''}{len(selection.used)} photos; {drawing}"
+    return (f"{'resume: ' if resume else ''}{photos} photos; {drawing}"
             f"{training_estimate(cfg, steps, runtime.device.type, gpu).line()} on {runtime.device}")
 
 

@@ -175,6 +175,13 @@ def person_index(cfg, trigger: str) -> int:
                       "(dataset.trigger, then dataset.people)")
 
 
+def person_selections(cfg, rd: RunDir, refresh: bool = True) -> list[tuple[object, RunDir, Selection]]:
+    """(config, run folder, selection) of each person of `dataset.everyone()` (`person_runs`), each folder's
+    problems named by its own setting (dataset.photos, dataset.people[i].photos)."""
+    return [(view, sub, current_selection(view, sub, refresh, cfg.dataset.setting(k, "photos")))
+            for k, (view, sub) in enumerate(person_runs(cfg, rd))]
+
+
 def everyones_photos(cfg, rd: RunDir, refresh: bool = True, stage: str | None = None) -> list[tuple[int, "Photo"]]:  # noqa: F821
     """(person, photo) of every photo that trains, person by person (`dataset.everyone()` index): each
     folder's own selection (its doctor's record when `lookalike ingest` checked it, and its photos.yaml),
@@ -182,13 +189,11 @@ def everyones_photos(cfg, rd: RunDir, refresh: bool = True, stage: str | None = 
     from lookalike.data.photos import find_photos
 
     out = []
-    for k, (view, sub) in enumerate(person_runs(cfg, rd)):
-        setting = cfg.dataset.setting(k, "photos")
-        selection = current_selection(view, sub, refresh, setting)
+    for k, (view, sub, selection) in enumerate(person_selections(cfg, rd, refresh)):
         if stage:
             selection.announce(sub, stage if k == 0 else f"{stage}, {view.dataset.trigger}'s photos")
         found = find_photos(view.dataset.photos, view.dataset.trigger, cfg.dataset.missing_trigger, selection.used,
-                            leave_out_hint(sub), setting)
+                            leave_out_hint(sub), cfg.dataset.setting(k, "photos"))
         out += [(k, p) for p in found]
     return out
 
